@@ -1,0 +1,193 @@
+"""Texture-free offscreen rendering with pyrender.
+
+One FLAT pass draws every face in a colour that encodes its library-frame normal;
+depth, silhouette, camera-frame normals and the grey Lambertian shading are all
+derived from that single pass, so they agree pixel for pixel and the normals are
+exact (no lighting or multisampling blends them).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .settings import get_settings
+
+os.environ.setdefault("PYOPENGL_PLATFORM", get_settings().render_backend)
+
+import numpy as np  # noqa: E402
+import pyrender  # noqa: E402
+import pyrender.renderer as _pyr_renderer  # noqa: E402
+import trimesh  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from . import camera as cam  # noqa: E402
+from .camera import Intrinsics  # noqa: E402
+
+# pyrender hard-codes a 4x multisampled framebuffer; multisampling would blend the
+# normal colours at silhouettes and halves llvmpipe's speed.  0 samples is a plain
+# renderbuffer (GL spec), the blit then is a copy.  Anti-alias by supersampling.
+_orig_storage_ms = _pyr_renderer.glRenderbufferStorageMultisample
+
+
+def _storage_without_msaa(target, samples, fmt, width, height):
+    return _orig_storage_ms(target, 0, fmt, width, height)
+
+
+_pyr_renderer.glRenderbufferStorageMultisample = _storage_without_msaa
+
+# Fixed lights in the camera frame (direction towards the light, intensity).
+DEFAULT_LIGHTS: tuple[tuple[tuple[float, float, float], float], ...] = (
+    ((-0.4, 0.6, 0.7), 0.65),   # key light: upper left, in front
+    ((0.6, 0.1, 0.8), 0.30),    # fill light: right
+    ((0.0, -0.5, 0.3), 0.10),   # bounce from below
+)
+DEFAULT_AMBIENT = 0.25
+DEFAULT_DISTANCE = 3.0
+
+
+@dataclass
+class RenderResult:
+    """Everything one view yields. Background pixels: mask False, depth 0, normals 0."""
+
+    color: np.ndarray      # (H, W, 3) uint8, grey shading on `background`
+    mask: np.ndarray       # (H, W) bool silhouette
+    depth: np.ndarray      # (H, W) float32, distance along the viewing axis, 0 = background
+    normals: np.ndarray    # (H, W, 3) float32 unit normals in the camera frame, facing the camera
+    shading: np.ndarray    # (H, W) float32 in [0, 1], Lambertian grey before the background
+    pose: tuple[float, float, float, float]
+    intrinsics: Intrinsics
+    extras: dict = field(default_factory=dict)
+
+    def rgba(self) -> np.ndarray:
+        return np.dstack([self.color, (self.mask * 255).astype(np.uint8)])
+
+
+def _normal_coloured_primitive(mesh: trimesh.Trimesh) -> pyrender.Mesh:
+    """Each face coloured by its library-frame normal mapped from [-1, 1] to [0, 255]."""
+    coloured = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=False)
+    coloured.visual.face_colors = np.round((np.clip(mesh.face_normals, -1, 1) + 1.0) * 127.5).astype(np.uint8)
+    return pyrender.Mesh.from_trimesh(coloured, smooth=False)
+
+
+def shade(normals: np.ndarray, mask: np.ndarray, lights=DEFAULT_LIGHTS, ambient: float = DEFAULT_AMBIENT) -> np.ndarray:
+    """Lambertian grey level from camera-frame normals and directional lights."""
+    out = np.full(mask.shape, ambient, np.float32)
+    for direction, intensity in lights:
+        d = np.asarray(direction, np.float32)
+        d = d / np.linalg.norm(d)
+        out += intensity * np.clip(normals @ d, 0.0, None)
+    return np.where(mask, np.clip(out, 0.0, 1.0), 0.0).astype(np.float32)
+
+
+class Renderer:
+    """One offscreen GL context reused across views and shapes (creating one is slow)."""
+
+    def __init__(self, width: int = 128, height: int | None = None):
+        self.width, self.height = int(width), int(height or width)
+        self._renderer = pyrender.OffscreenRenderer(self.width, self.height)
+        self._scene = pyrender.Scene(bg_color=[0, 0, 0, 0], ambient_light=[0, 0, 0])
+        self._mesh_node: pyrender.Node | None = None
+        self._mesh_key: int | None = None
+        self._cam_node: pyrender.Node | None = None
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.delete()
+            self._renderer = None
+
+    def __enter__(self) -> "Renderer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def set_mesh(self, mesh: trimesh.Trimesh) -> None:
+        if self._mesh_key == id(mesh) and self._mesh_node is not None:
+            return
+        if self._mesh_node is not None:
+            self._scene.remove_node(self._mesh_node)
+        self._mesh_node = self._scene.add(_normal_coloured_primitive(mesh))
+        self._mesh_key = id(mesh)
+
+    def render(
+        self,
+        mesh: trimesh.Trimesh,
+        azimuth: float,
+        elevation: float,
+        theta: float,
+        distance: float = DEFAULT_DISTANCE,
+        intrinsics: Intrinsics | None = None,
+        background: tuple[int, int, int] = (255, 255, 255),
+        lights=DEFAULT_LIGHTS,
+        ambient: float = DEFAULT_AMBIENT,
+    ) -> RenderResult:
+        """Render `mesh` (library frame) from the contract pose (degrees)."""
+        K = intrinsics or Intrinsics.fitting_unit_sphere(self.width, self.height, distance)
+        if (K.width, K.height) != (self.width, self.height):
+            self._renderer.viewport_width, self._renderer.viewport_height = K.width, K.height
+            self.width, self.height = K.width, K.height
+        self.set_mesh(mesh)
+        if self._cam_node is not None:
+            self._scene.remove_node(self._cam_node)
+        znear = max(1e-3, distance - 2.0) * 0.5
+        camera = pyrender.IntrinsicsCamera(K.fx, K.fy, K.cx, K.cy, znear=znear, zfar=distance + 10.0)
+        self._cam_node = self._scene.add(camera, pose=cam.camera_to_world(azimuth, elevation, theta, distance))
+        rgba, depth = self._renderer.render(
+            self._scene, flags=pyrender.RenderFlags.FLAT | pyrender.RenderFlags.RGBA | pyrender.RenderFlags.SKIP_CULL_FACES
+        )
+        mask = depth > 0
+        R = cam.rotation(azimuth, elevation, theta)
+        n_world = rgba[..., :3].astype(np.float32) / 127.5 - 1.0
+        n_cam = n_world @ R.T.astype(np.float32)
+        n_cam /= np.maximum(np.linalg.norm(n_cam, axis=-1, keepdims=True), 1e-6)
+        # Double-sided faces: a normal pointing away from the viewer belongs to a back face.
+        rays = _pixel_rays(K)
+        backfacing = np.einsum("hwc,hwc->hw", n_cam, rays) > 0
+        n_cam[backfacing] *= -1
+        n_cam[~mask] = 0
+        s = shade(n_cam, mask, lights, ambient)
+        bg = np.asarray(background, np.float32)
+        color = np.where(mask[..., None], (s * 255.0)[..., None], bg).astype(np.uint8)
+        return RenderResult(color, mask, depth.astype(np.float32), n_cam, s, (azimuth, elevation, theta, distance), K)
+
+
+def _pixel_rays(K: Intrinsics) -> np.ndarray:
+    """Unnormalised viewing ray of each pixel centre in the camera frame."""
+    u = np.arange(K.width, dtype=np.float32) + 0.5
+    v = np.arange(K.height, dtype=np.float32) + 0.5
+    uu, vv = np.meshgrid(u, v)
+    return np.dstack([(uu - K.cx) / K.fx, -(vv - K.cy) / K.fy, -np.ones_like(uu)])
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Tight (x0, y0, x1, y1) box of a silhouette, exclusive max; None if empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def square_box(box: tuple[float, float, float, float], margin: float = 0.1) -> tuple[float, float, float, float]:
+    """The square around a box's centre with side max(w, h) * (1 + 2 * margin)."""
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0, 1.0) * (1.0 + 2.0 * margin)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
+
+
+def crop_square(
+    image: np.ndarray | Image.Image,
+    box: tuple[float, float, float, float],
+    size: int,
+    margin: float = 0.1,
+    fill: tuple[int, ...] = (255, 255, 255),
+) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """Crop the square around `box` (padding outside the image with `fill`) and resize.
+
+    Returns the crop and the square box in the source image's pixels, so a caller
+    can map crop pixels back onto the photo.
+    """
+    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    sq = square_box(box, margin)
+    out = img.transform((size, size), Image.Transform.EXTENT, sq, resample=Image.Resampling.BILINEAR, fillcolor=fill[: len(img.getbands())] if img.mode != "L" else fill[0])
+    return out, sq
