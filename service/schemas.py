@@ -1,0 +1,33 @@
+"""Request and response models of the v1 API."""
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ShapeOut(BaseModel):
+    id: int
+    name: str
+    category: str
+    vertices: int
+    faces: int
+    indexed: bool
+    subtype: str = ""
+    license: str = ""
+    attribution: str = ""
+    index_status: str = Field("pending", description="pending, indexing, indexed or failed")
+
+    model_config = {"json_schema_extra": {"examples": [{
+        "id": 1, "name": "sedan", "category": "car", "vertices": 1204, "faces": 2380, "indexed": True,
+        "subtype": "four-door saloon car", "license": "CC0-1.0", "attribution": "", "index_status": "indexed",
+    }]}}
+
+
+class Health(BaseModel):
+    status: str
+    shapes: int
+    indexed: int
+    device: str
+
+
+class ErrorOut(BaseModel):
+    detail: str

@@ -1,0 +1,41 @@
+"""First-start work: the default library, the configured mesh folder, the view index."""
+from __future__ import annotations
+
+import logging
+
+from .importers import import_folder
+from .index import ViewIndex, ViewIndexConfig
+from .library import ShapeLibrary, open_library
+from .settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def library_from_settings(settings: Settings | None = None) -> ShapeLibrary:
+    settings = settings or get_settings()
+    return open_library(str(settings.data_dir), settings.max_faces)
+
+
+def ensure_default_library(settings: Settings, library: ShapeLibrary, progress: bool = True) -> None:
+    """Generate the project's own shapes (deterministic) and import them once."""
+    from .procedural import write_default_library
+
+    folder = settings.default_library_dir
+    if not (folder / "MANIFEST.json").is_file():
+        write_default_library(folder)
+    report = import_folder(library, folder, layout="manifest", progress=progress)
+    log.info("default library: %s", report.summary())
+
+
+def bootstrap(settings: Settings | None = None, build_index: bool = True, progress: bool = True) -> ShapeLibrary:
+    settings = settings or get_settings()
+    library = library_from_settings(settings)
+    ensure_default_library(settings, library, progress)
+    if settings.library is not None:
+        report = import_folder(library, settings.library, progress=progress)
+        log.info("%s: %s", settings.library, report.summary())
+        for path, err in report.errors:
+            log.warning("rejected %s: %s", path, err)
+    if build_index:
+        ViewIndex(settings.index_dir, library, ViewIndexConfig(canvas=settings.render_size)).sync(progress=progress)
+    return library

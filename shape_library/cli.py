@@ -1,0 +1,104 @@
+"""`shapesearch` command line: import meshes, build the index, render mosaics, serve."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _cmd_import(args) -> int:
+    from .bootstrap import library_from_settings
+    from .importers import import_folder
+
+    library = library_from_settings()
+    report = import_folder(library, Path(args.folder), layout=args.layout, categories=set(args.category) if args.category else None)
+    print(report.summary())
+    for path, err in report.errors:
+        print(f"rejected {path}: {err}", file=sys.stderr)
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from .bootstrap import library_from_settings
+
+    for s in library_from_settings().shapes(args.category):
+        print(f"{s.id:5d}  {s.category:10s}  {s.name:32s}  {s.faces:7d} faces  {s.index_status}")
+    return 0
+
+
+def _cmd_default_library(args) -> int:
+    from .procedural import write_default_library
+
+    print(write_default_library(Path(args.out)))
+    return 0
+
+
+def _cmd_bootstrap(args) -> int:
+    from .bootstrap import bootstrap
+
+    lib = bootstrap(build_index=not args.no_index)
+    print(f"{len(lib.shapes())} shapes ready")
+    return 0
+
+
+def _cmd_grid_mosaic(args) -> int:
+    from .mosaic import grid_mosaic
+
+    print(grid_mosaic(Path(args.out), shape_names=args.shape, library_path=args.library))
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    import uvicorn
+
+    from .bootstrap import bootstrap
+    from .settings import get_settings
+
+    settings = get_settings()
+    bootstrap(settings, build_index=not args.no_index)
+    uvicorn.run("service.app:app", host=args.host or settings.host, port=args.port or settings.port, log_level="info")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="shapesearch", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("import", help="import a mesh folder (MANIFEST.json, category/*.ext, ModelNet, ShapeNetCore, PASCAL3D+)")
+    s.add_argument("folder")
+    s.add_argument("--layout", choices=["manifest", "tree", "modelnet", "shapenet", "pascal3d"], help="default: detected")
+    s.add_argument("--category", action="append", help="only these categories (repeatable)")
+    s.set_defaults(fn=_cmd_import)
+
+    s = sub.add_parser("list", help="list the catalog")
+    s.add_argument("--category")
+    s.set_defaults(fn=_cmd_list)
+
+    s = sub.add_parser("default-library", help="write the generated default library (glb + MANIFEST.json)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_default_library)
+
+    s = sub.add_parser("bootstrap", help="default library, configured library and view index, as on first start")
+    s.add_argument("--no-index", action="store_true")
+    s.set_defaults(fn=_cmd_bootstrap)
+
+    s = sub.add_parser("grid-mosaic", help="PNG of grid renderings (one row per shape)")
+    s.add_argument("--out", default="docs/grid_mosaic.png")
+    s.add_argument("--shape", action="append", help="shape names (default: one per category)")
+    s.add_argument("--library", help="mesh folder to draw shapes from (default: the generated library)")
+    s.set_defaults(fn=_cmd_grid_mosaic)
+
+    s = sub.add_parser("serve", help="prepare the library and index, then serve the API")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--no-index", action="store_true", help="skip building the view index")
+    s.set_defaults(fn=_cmd_serve)
+
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

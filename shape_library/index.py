@@ -1,0 +1,147 @@
+"""The view index: every shape rendered at every grid pose, stored per shape.
+
+Per shape one compressed file holds, for each grid pose, the square crop box of
+the silhouette (in canvas pixels) and the grey crop itself at the matching
+network's input size.  Features of the rendering stream are computed from these
+crops, so new weights need no re-rendering.  Files are keyed by a hash of
+everything that changes their content (grid, canvas, crop, renderer version): a
+changed key means the file is stale and gets rebuilt, other shapes stay.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .catalog import IndexStatus
+from .grid import DEFAULT_GRID, PoseGrid
+from .library import ShapeLibrary, atomic_write
+
+RENDERER_VERSION = "flat-normals-v1"
+
+
+@dataclass(frozen=True)
+class ViewIndexConfig:
+    grid: PoseGrid = DEFAULT_GRID
+    canvas: int = 128        # rendering canvas side, pixels
+    crop: int = 64           # side of the stored crop (the rendering stream's input)
+    margin: float = 0.08     # crop margin around the silhouette box, fraction of its side
+    distance: float = 3.0    # camera distance, library units
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps({**asdict(self), "grid": self.grid.key, "renderer": RENDERER_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ShapeViews:
+    shape_id: int
+    poses: np.ndarray   # (V, 3) float32 degrees
+    boxes: np.ndarray   # (V, 4) float32 square crop boxes in canvas pixels
+    crops: np.ndarray   # (V, crop, crop) uint8 grey renderings on white
+
+
+class ViewIndex:
+    def __init__(self, root: Path, library: ShapeLibrary, config: ViewIndexConfig = ViewIndexConfig()):
+        self.config = config
+        self.root = Path(root) / config.key
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.library = library
+
+    def path(self, shape_id: int) -> Path:
+        return self.root / f"shape-{shape_id}.npz"
+
+    def has(self, shape_id: int) -> bool:
+        return self.path(shape_id).is_file()
+
+    def render_shape(self, shape_id: int, renderer=None, progress: bool = True) -> ShapeViews:
+        from .render import Renderer, crop_square, mask_box
+
+        cfg = self.config
+        mesh = self.library.mesh(shape_id)
+        poses = cfg.grid.poses().astype(np.float32)
+        boxes = np.zeros((len(poses), 4), np.float32)
+        crops = np.full((len(poses), cfg.crop, cfg.crop), 255, np.uint8)
+        own = renderer is None
+        renderer = renderer or Renderer(cfg.canvas)
+        try:
+            for v, (a, e, t) in enumerate(tqdm(poses, desc=f"render shape {shape_id}", unit="view", disable=not progress, leave=False)):
+                res = renderer.render(mesh, float(a), float(e), float(t), cfg.distance)
+                box = mask_box(res.mask)
+                if box is None:
+                    continue
+                img, sq = crop_square(res.color[..., 0], box, cfg.crop, cfg.margin, fill=(255,))
+                boxes[v] = sq
+                crops[v] = np.asarray(img)
+        finally:
+            if own:
+                renderer.close()
+        return ShapeViews(shape_id, poses, boxes, crops)
+
+    def build(self, shape_id: int, renderer=None, progress: bool = True) -> ShapeViews:
+        self.library.set_status(shape_id, IndexStatus.indexing)
+        try:
+            views = self.render_shape(shape_id, renderer, progress)
+            self.save(views)
+        except Exception:
+            self.library.set_status(shape_id, IndexStatus.failed)
+            raise
+        self.library.set_status(shape_id, IndexStatus.indexed, self.config.key)
+        return views
+
+    def save(self, views: ShapeViews) -> None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, poses=views.poses, boxes=views.boxes, crops=views.crops)
+        data = buf.getvalue()
+        atomic_write(self.path(views.shape_id), data)
+        atomic_write(self.path(views.shape_id).with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
+
+    def load(self, shape_id: int) -> ShapeViews:
+        """Read one shape's views; a file failing its checksum raises and is removed."""
+        path = self.path(shape_id)
+        data = path.read_bytes()
+        digest = path.with_suffix(".sha256")
+        if not digest.is_file() or digest.read_text().strip() != hashlib.sha256(data).hexdigest():
+            path.unlink(missing_ok=True)
+            digest.unlink(missing_ok=True)
+            raise IOError(f"view index of shape {shape_id} is damaged; it will be rebuilt")
+        with np.load(io.BytesIO(data)) as z:
+            return ShapeViews(shape_id, z["poses"], z["boxes"], z["crops"])
+
+    def remove(self, shape_id: int) -> None:
+        self.path(shape_id).unlink(missing_ok=True)
+        self.path(shape_id).with_suffix(".sha256").unlink(missing_ok=True)
+
+    def sync(self, progress: bool = True) -> list[int]:
+        """Build what is missing or damaged, drop files of removed shapes; returns rebuilt ids."""
+        from .render import Renderer
+
+        shapes = self.library.shapes()
+        ids = {s.id for s in shapes}
+        for f in self.root.glob("shape-*.npz"):
+            if int(f.stem.split("-")[1]) not in ids:
+                self.remove(int(f.stem.split("-")[1]))
+        todo = []
+        for s in shapes:
+            ok = self.has(s.id) and self.path(s.id).with_suffix(".sha256").is_file()
+            if ok and s.index_status == IndexStatus.indexed.value and s.index_key == self.config.key:
+                continue
+            if ok:
+                try:
+                    self.load(s.id)
+                    self.library.set_status(s.id, IndexStatus.indexed, self.config.key)
+                    continue
+                except IOError:
+                    pass
+            todo.append(s.id)
+        if todo:
+            with Renderer(self.config.canvas) as renderer:
+                for sid in tqdm(todo, desc="index shapes", unit="shape", disable=not progress):
+                    self.build(sid, renderer, progress=progress)
+        return todo

@@ -1,0 +1,73 @@
+import numpy as np
+import trimesh
+
+from conftest import marked_box
+from shape_library.catalog import IndexStatus
+from shape_library.grid import PoseGrid
+from shape_library.index import ViewIndex, ViewIndexConfig
+from shape_library.library import ShapeLibrary
+
+CFG = ViewIndexConfig(grid=PoseGrid(4, 3, 2), canvas=64, crop=32)
+
+
+def _library(tmp_path):
+    lib = ShapeLibrary(tmp_path / "var")
+    for name, mesh in [("box", marked_box()), ("cyl", trimesh.creation.cylinder(0.3, 1.5))]:
+        f = tmp_path / "in" / f"{name}.ply"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        mesh.export(f)
+        lib.add(f, name=name, category="misc")
+    return lib
+
+
+def test_sync_builds_each_shape_once_and_survives_restart(tmp_path):
+    lib = _library(tmp_path)
+    index = ViewIndex(tmp_path / "index", lib, CFG)
+    built = index.sync(progress=False)
+    assert sorted(built) == sorted(s.id for s in lib.shapes())
+    assert all(s.index_status == IndexStatus.indexed.value for s in lib.shapes())
+    views = index.load(built[0])
+    assert views.crops.shape == (24, 32, 32) and views.poses.shape == (24, 3)
+    assert (views.crops < 250).any(axis=(1, 2)).all()  # every view shows the shape
+    assert np.allclose(views.poses, CFG.grid.poses())
+    # A new process (new objects) finds the files and rebuilds nothing.
+    again = ViewIndex(tmp_path / "index", ShapeLibrary(tmp_path / "var"), CFG)
+    assert again.sync(progress=False) == []
+
+
+def test_add_and_remove_touch_only_that_shape(tmp_path):
+    lib = _library(tmp_path)
+    index = ViewIndex(tmp_path / "index", lib, CFG)
+    index.sync(progress=False)
+    mtimes = {s.id: index.path(s.id).stat().st_mtime_ns for s in lib.shapes()}
+    f = tmp_path / "in" / "sphere.ply"
+    trimesh.creation.icosphere(2).export(f)
+    new_id = lib.add(f, name="sphere", category="misc").shape.id
+    assert index.sync(progress=False) == [new_id]
+    gone = next(iter(mtimes))
+    lib.remove(gone)
+    assert index.sync(progress=False) == []
+    assert not index.path(gone).exists()
+    for sid, t in mtimes.items():
+        if sid != gone:
+            assert index.path(sid).stat().st_mtime_ns == t
+
+
+def test_damaged_file_is_detected_and_rebuilt(tmp_path):
+    lib = _library(tmp_path)
+    index = ViewIndex(tmp_path / "index", lib, CFG)
+    index.sync(progress=False)
+    sid = lib.shapes()[0].id
+    data = bytearray(index.path(sid).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    index.path(sid).write_bytes(bytes(data))
+    lib.set_status(sid, IndexStatus.pending)
+    assert index.sync(progress=False) == [sid]
+    assert index.load(sid).crops.shape[0] == 24
+
+
+def test_changed_config_uses_a_new_key(tmp_path):
+    lib = _library(tmp_path)
+    a = ViewIndex(tmp_path / "index", lib, CFG)
+    b = ViewIndex(tmp_path / "index", lib, ViewIndexConfig(grid=PoseGrid(3, 3, 2), canvas=64, crop=32))
+    assert a.root != b.root
