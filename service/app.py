@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 
 from shape_library.meshes import MeshError
 
-from .routers import health, shapes
+from .routers import health, search, shapes
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -22,6 +22,7 @@ def create_app() -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(shapes.router)
+    app.include_router(search.router)
 
     @app.exception_handler(MeshError)
     async def _mesh_error(_request, exc: MeshError):

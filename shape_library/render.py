@@ -7,7 +7,9 @@ exact (no lighting or multisampling blends them).
 """
 from __future__ import annotations
 
+import atexit
 import os
+import threading
 from dataclasses import dataclass, field
 
 from .settings import get_settings
@@ -79,21 +81,58 @@ def shade(normals: np.ndarray, mask: np.ndarray, lights=DEFAULT_LIGHTS, ambient:
     return np.where(mask, np.clip(out, 0.0, 1.0), 0.0).astype(np.float32)
 
 
+# One GL context per process.  pyrender's EGL `delete()` calls eglTerminate, which
+# kills every other context on the display, and a context can be current in only
+# one thread at a time: so all Renderer objects share one offscreen renderer, use
+# it under a lock and release the context after each frame.
+_GL_LOCK = threading.RLock()
+_GL: dict[int, pyrender.OffscreenRenderer] = {}
+
+
+def _offscreen(width: int, height: int) -> pyrender.OffscreenRenderer:
+    pid = os.getpid()  # a forked worker needs a context of its own
+    gl = _GL.get(pid)
+    if gl is None:
+        _GL.clear()
+        gl = _GL[pid] = pyrender.OffscreenRenderer(width, height)
+    gl.viewport_width, gl.viewport_height = width, height
+    return gl
+
+
+def _release_context(gl: pyrender.OffscreenRenderer) -> None:
+    platform = getattr(gl, "_platform", None)
+    if type(platform).__name__ == "EGLPlatform":
+        from OpenGL.EGL import EGL_NO_CONTEXT, EGL_NO_SURFACE, eglMakeCurrent
+
+        eglMakeCurrent(platform._egl_display, EGL_NO_SURFACE, EGL_NO_SURFACE, EGL_NO_CONTEXT)
+
+
+@atexit.register
+def shutdown_gl() -> None:
+    with _GL_LOCK:
+        gl = _GL.pop(os.getpid(), None)
+        if gl is not None:
+            try:
+                gl.delete()
+            except Exception:  # the display may already be gone at exit
+                pass
+
+
 class Renderer:
-    """One offscreen GL context reused across views and shapes (creating one is slow)."""
+    """A scene of its own on the process's shared GL context; reuse it across views and shapes."""
 
     def __init__(self, width: int = 128, height: int | None = None):
         self.width, self.height = int(width), int(height or width)
-        self._renderer = pyrender.OffscreenRenderer(self.width, self.height)
         self._scene = pyrender.Scene(bg_color=[0, 0, 0, 0], ambient_light=[0, 0, 0])
         self._mesh_node: pyrender.Node | None = None
         self._mesh_key: int | None = None
         self._cam_node: pyrender.Node | None = None
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.delete()
-            self._renderer = None
+        """Forget the scene's mesh; the shared context stays for the next renderer."""
+        if self._mesh_node is not None:
+            self._scene.remove_node(self._mesh_node)
+            self._mesh_node, self._mesh_key = None, None
 
     def __enter__(self) -> "Renderer":
         return self
@@ -123,18 +162,21 @@ class Renderer:
     ) -> RenderResult:
         """Render `mesh` (library frame) from the contract pose (degrees)."""
         K = intrinsics or Intrinsics.fitting_unit_sphere(self.width, self.height, distance)
-        if (K.width, K.height) != (self.width, self.height):
-            self._renderer.viewport_width, self._renderer.viewport_height = K.width, K.height
-            self.width, self.height = K.width, K.height
+        self.width, self.height = K.width, K.height
         self.set_mesh(mesh)
         if self._cam_node is not None:
             self._scene.remove_node(self._cam_node)
         znear = max(1e-3, distance - 2.0) * 0.5
         camera = pyrender.IntrinsicsCamera(K.fx, K.fy, K.cx, K.cy, znear=znear, zfar=distance + 10.0)
         self._cam_node = self._scene.add(camera, pose=cam.camera_to_world(azimuth, elevation, theta, distance))
-        rgba, depth = self._renderer.render(
-            self._scene, flags=pyrender.RenderFlags.FLAT | pyrender.RenderFlags.RGBA | pyrender.RenderFlags.SKIP_CULL_FACES
-        )
+        with _GL_LOCK:
+            gl = _offscreen(K.width, K.height)
+            try:
+                rgba, depth = gl.render(
+                    self._scene, flags=pyrender.RenderFlags.FLAT | pyrender.RenderFlags.RGBA | pyrender.RenderFlags.SKIP_CULL_FACES
+                )
+            finally:
+                _release_context(gl)
         mask = depth > 0
         R = cam.rotation(azimuth, elevation, theta)
         n_world = rgba[..., :3].astype(np.float32) / 127.5 - 1.0

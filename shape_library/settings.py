@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:n]' for torch")
     render_backend: str = Field("egl", description="pyrender platform: 'egl' or 'osmesa'")
     render_size: int = Field(128, ge=16, le=1024, description="side of grid renderings, pixels")
+    matching_weights: Path = Field(REPO_ROOT / "models" / "weights" / "matching.pt", description="shipped matching network")
 
     # Service.
     host: str = "127.0.0.1"

@@ -81,3 +81,27 @@ def test_custom_intrinsics_canvas(renderer):
     assert res.mask.shape == (96, 160)
     uv = cam.project(marked_box().vertices, 0, 0, 90, 4.0, K)
     assert np.allclose(mask_box(res.mask), (uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max()), atol=1.0)
+
+
+def test_renderers_share_one_context_across_threads_and_close():
+    """Closing one renderer must not break another (pyrender's EGL delete terminates the display)."""
+    import threading
+
+    first = Renderer(64)
+    with Renderer(64) as other:
+        other.render(marked_box(), 0, 0, 0)
+    errors = []
+
+    def work(seed):
+        try:
+            r = Renderer(48 + 16 * seed)
+            for k in range(20):
+                assert r.render(marked_box(), 17.0 * k + seed, 10, 0).mask.any()
+        except Exception as exc:  # collected for the main thread
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == []
+    assert first.render(marked_box(), 0, 0, 0).mask.shape == (64, 64)

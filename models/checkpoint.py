@@ -1,0 +1,34 @@
+"""Saving and loading shipped weights: name + config + state dict + metadata, float16 on disk."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from . import registry
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def save(model: torch.nn.Module, name: str, path: Path, meta: dict | None = None, half: bool = True) -> Path:
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config.__dict__)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"name": name, "config": cfg, "state_dict": state, "meta": meta or {}}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    blob = torch.load(Path(path), map_location="cpu", weights_only=False)
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in blob["config"].items()}
+    model = registry.create(blob["name"], **cfg)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+    return model.to(device).eval(), blob.get("meta", {})
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

@@ -1,0 +1,185 @@
+"""Train the geometric differential matching network on synthetic photos.
+
+    python -m models.train_matching --library ../shared/shape_library --out models/weights/matching.pt
+
+Data recipe: the generated default library plus the real meshes of the given
+folder (categories aeroplane, boat, car by default), split by shape (20 % of each
+category held out for evaluation); photo-like renderings at continuous poses
+(shape_library.synthetic); for each photo ~30 grid renderings of the view index,
+stratified near / close / far, plus a few of other shapes of its category.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from shape_library.bootstrap import ensure_default_library
+from shape_library.importers import import_folder
+from shape_library.index import ViewIndex, ViewIndexConfig
+from shape_library.library import ShapeLibrary
+from shape_library.settings import Settings
+
+from . import checkpoint, registry
+from . import matching  # noqa: F401  (registers the models)
+from .pairs import PairSampling, grid_rotations, pose_rotations, sample_pairs
+
+CATEGORIES = ("aeroplane", "boat", "car")
+
+
+def prepare_library(data_dir: Path, mesh_folder: Path | None, categories=CATEGORIES, progress=True) -> ShapeLibrary:
+    library = ShapeLibrary(data_dir)
+    ensure_default_library(Settings(data_dir=data_dir), library, progress)
+    if mesh_folder is not None:
+        import_folder(library, mesh_folder, categories=set(categories), progress=progress)
+    return library
+
+
+def shape_split(library: ShapeLibrary, seed: int, held_out: float = 0.2, categories=CATEGORIES) -> tuple[list[int], list[int]]:
+    from shape_library.synthetic import split_shapes
+
+    shapes = [s for s in library.shapes() if s.category in categories]
+    return split_shapes(shapes, held_out, seed)
+
+
+def photo_set(library: ShapeLibrary, shape_ids: list[int], n: int, seed: int, crop: int, margin: float,
+              cache: Path | None = None, progress: bool = True, box_noise: bool = False) -> dict[str, np.ndarray]:
+    """n synthetic photos of the given shapes, reduced to what training needs: the photo-stream crop and labels."""
+    from shape_library.search import photo_crop
+    from shape_library.synthetic import SyntheticConfig, generate
+
+    if cache is not None and cache.is_file():
+        with np.load(cache) as z:
+            return dict(z)
+    crops = np.zeros((n, crop, crop, 3), np.uint8)
+    poses = np.zeros((n, 4), np.float32)
+    shapes = np.zeros(n, np.int64)
+    boxes = np.zeros((n, 4), np.float32)
+    from PIL import Image
+
+    for i, s in enumerate(tqdm(generate(library, shape_ids, n, seed, SyntheticConfig()), total=n, desc="synthetic photos", disable=not progress)):
+        img = Image.fromarray(s.image)
+        crops[i] = np.asarray(photo_crop(img, s.box, crop, margin)[0])
+        poses[i] = s.pose
+        shapes[i] = s.shape_id
+        boxes[i] = s.box
+    out = {"crops": crops, "poses": poses, "shapes": shapes, "boxes": boxes}
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, **out)
+    return out
+
+
+def jitter_crops(crops: np.ndarray, rng: np.random.Generator, shift: float = 0.06, scale: float = 0.08) -> np.ndarray:
+    """Small random shifts/zooms of the photo crops, so an imprecise box still works."""
+    from PIL import Image
+
+    out = np.empty_like(crops)
+    S = crops.shape[1]
+    for i, c in enumerate(crops):
+        s = S * (1 + rng.uniform(-scale, scale))
+        cx, cy = S / 2 + rng.uniform(-shift, shift) * S, S / 2 + rng.uniform(-shift, shift) * S
+        out[i] = np.asarray(Image.fromarray(c).transform((S, S), Image.Transform.EXTENT, (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2),
+                                                          resample=Image.Resampling.BILINEAR, fillcolor=(127, 127, 127)))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.train_matching", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--library", type=Path, help="real mesh folder to add (e.g. ../shared/shape_library)")
+    p.add_argument("--data-dir", type=Path, default=Path("var/train"), help="library, view index and photo caches")
+    p.add_argument("--out", type=Path, default=checkpoint.WEIGHTS_DIR / "matching.pt")
+    p.add_argument("--model", default="matching-cpu")
+    p.add_argument("--photos", type=int, default=6000)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--max-shapes", type=int, default=0, help="use only this many shapes per category (quick runs)")
+    p.add_argument("--grid", default="21,11,11", help="pose grid bins a,e,t (quick runs use a coarser one)")
+    args = p.parse_args(argv)
+    train(args)
+    return 0
+
+
+def train(args) -> Path:
+    from shape_library.grid import PoseGrid
+
+    t_start = time.time()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    library = prepare_library(args.data_dir, args.library)
+    if args.max_shapes:
+        keep = [s.id for c in CATEGORIES for s in library.shapes(c)[: args.max_shapes]]
+        for s in library.shapes():
+            if s.id not in keep:
+                library.remove(s.id)
+    train_ids, heldout_ids = shape_split(library, args.seed)
+    grid = PoseGrid(*(int(x) for x in args.grid.split(",")))
+    vcfg = ViewIndexConfig(grid=grid)
+    views = ViewIndex(args.data_dir / "index", library, vcfg)
+    views.sync()
+    crops_by_shape = {sid: views.load(sid).crops for sid in train_ids}
+    cats = {s.id: s.category for s in library.shapes()}
+    same_category = {sid: [o for o in train_ids if cats[o] == cats[sid]] for sid in train_ids}
+
+    model = registry.create(args.model)
+    S = model.config.input_size
+    photos = photo_set(library, train_ids, args.photos, args.seed, S, vcfg.margin,
+                       cache=args.data_dir / f"photos-train-{args.seed}-{args.photos}-{S}-{len(train_ids)}.npz")
+    photo_rot = pose_rotations(photos["poses"])
+    grid_rot = grid_rotations(grid)
+    sampling = PairSampling()
+
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    from shape_library.features import crops_to_tensor
+    from shape_library.search import photos_to_tensor
+
+    model.train()
+    ckpt_dir = args.data_dir / "checkpoints"
+    losses = []
+    bar = tqdm(range(args.steps), desc="train matching")
+    for step in bar:
+        idx = rng.integers(0, len(photo_rot), args.batch)
+        shapes, poses, target = sample_pairs(photo_rot[idx], photos["shapes"][idx], grid_rot, same_category, rng, sampling)
+        renders = np.stack([crops_by_shape[s][p] for s, p in zip(shapes.reshape(-1), poses.reshape(-1))])
+        x_photo = photos_to_tensor(jitter_crops(photos["crops"][idx], rng))
+        x_render = crops_to_tensor(renders).view(args.batch, sampling.per_photo, 1, S, S)
+        pred = model(x_photo, x_render)
+        loss = torch.nn.functional.mse_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", rmse_deg=f"{np.degrees(np.sqrt(np.mean(losses[-50:]))):.1f}")
+        if (step + 1) % 500 == 0 or step + 1 == args.steps:
+            checkpoint.save(model, args.model, ckpt_dir / f"step-{step + 1}.pt", half=False)
+    elapsed = time.time() - t_start
+    meta = {
+        "seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr, "photos": args.photos,
+        "pairs_per_photo": sampling.per_photo, "pair_sampling": sampling.__dict__, "grid": grid.key,
+        "view_index": vcfg.key, "train_shapes": train_ids, "heldout_shapes": heldout_ids,
+        "shape_names": {s.id: f"{s.category}/{s.name}" for s in library.shapes()},
+        "library": str(args.library) if args.library else None, "final_loss": float(np.mean(losses[-100:])),
+        "training_seconds": round(elapsed, 1), "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    }
+    checkpoint.save(model, args.model, args.out, meta)
+    args.out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    print(f"saved {args.out} ({args.out.stat().st_size / 2**20:.1f} MB) in {elapsed / 60:.1f} min")
+    return args.out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

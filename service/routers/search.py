@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import base64
+import threading
+
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
+from pydantic import BaseModel, Field
+
+from shape_library.settings import get_settings
+
+from ..engine import get_engine
+from ..schemas import ErrorOut
+from ..uploads import decode_image, parse_bbox, parse_ids, read_upload
+
+router = APIRouter(prefix="/v1/search", tags=["search"])
+_search_lock = threading.Lock()  # one renderer and one code matrix per process
+
+
+class MatchOut(BaseModel):
+    shape_id: int
+    category: str
+    name: str
+    azimuth: float = Field(description="degrees, [0, 360)")
+    elevation: float = Field(description="degrees, [-90, 90]")
+    theta: float = Field(description="in-plane rotation, degrees, [-180, 180)")
+    score: float = Field(description="predicted geodesic distance to the photo's pose, degrees (smaller is better)")
+    pose_index: int | None = Field(None, description="grid pose index, null when refined off the grid")
+
+
+class SearchOut(BaseModel):
+    matches: list[MatchOut]
+    no_match: bool = Field(description="true when even the best match scores worse than the calibrated threshold")
+    no_match_threshold: float | None = None
+    timing_ms: dict[str, float]
+    candidates: int
+    photo_box: list[float] = Field(description="square box of the photo the network saw, pixels")
+    overlay_png: str | None = Field(None, description="data URL of the best match blended onto the photo (overlay=true)")
+
+    model_config = {"json_schema_extra": {"examples": [{
+        "matches": [{"shape_id": 12, "category": "car", "name": "sedan", "azimuth": 42.1, "elevation": 8.2, "theta": 0.0,
+                     "score": 6.3, "pose_index": 1234}],
+        "no_match": False, "no_match_threshold": 41.0, "timing_ms": {"photo_stream": 3.1, "ranking": 14.2, "refinement": 120.5, "total": 140.0},
+        "candidates": 60984, "photo_box": [10, 20, 200, 210], "overlay_png": None}]}}
+
+
+def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool):
+    settings = get_settings()
+    if not 1 <= top_k <= 100:
+        raise HTTPException(422, "top_k must be between 1 and 100")
+    img = decode_image(image_bytes, settings.max_image_pixels)
+    box = parse_bbox(bbox, img)
+    ids = parse_ids(shape_ids)
+    engine = get_engine()
+    if category and category not in engine.library.catalog.categories():
+        raise HTTPException(422, f"unknown category {category!r}; known: {', '.join(engine.library.catalog.categories())}")
+    with _search_lock:
+        result = engine.search(img, box, category=category or None, shape_ids=ids, top_k=top_k, refine=refine)
+    if ids is not None and result.candidates == 0:
+        raise HTTPException(422, "none of shape_ids is an indexed shape")
+    return engine, img, result
+
+
+@router.post("", response_model=SearchOut, responses={413: {"model": ErrorOut}, 415: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+             summary="Rank every (shape, pose) of the library against a photo")
+async def search(
+    image: UploadFile | None = File(None, description="JPEG, PNG or WebP photo"),
+    bbox: str | None = Form(None, description="x0,y0,x1,y1 in pixels; the whole image when absent"),
+    category: str | None = Form(None, description="only shapes of this category"),
+    shape_ids: str | None = Form(None, description="comma-separated shape ids to search among"),
+    top_k: int = Form(5),
+    refine: bool = Form(True, description="evaluate finer poses around the best grid poses"),
+    overlay: bool = Form(False, description="also return the overlay PNG as a data URL"),
+) -> SearchOut:
+    data = await read_upload(image, get_settings().max_upload_bytes)
+    from starlette.concurrency import run_in_threadpool
+
+    engine, img, result = await run_in_threadpool(_run, data, bbox, category, shape_ids, top_k, refine)
+    png = None
+    if overlay and result.matches:
+        with _search_lock:
+            png = "data:image/png;base64," + base64.b64encode(engine.overlay(img, result)).decode()
+    return SearchOut(matches=[MatchOut(**m.as_dict()) for m in result.matches], no_match=result.no_match,
+                     no_match_threshold=engine.no_match_threshold_deg, timing_ms=result.timing_ms, candidates=result.candidates,
+                     photo_box=[float(v) for v in result.photo_box], overlay_png=png)
+
+
+@router.post("/overlay.png", response_class=Response, responses={200: {"content": {"image/png": {}}}, 422: {"model": ErrorOut}},
+             summary="The best match rendered in its pose and blended onto the photo")
+async def search_overlay(
+    image: UploadFile | None = File(None),
+    bbox: str | None = Form(None),
+    category: str | None = Form(None),
+    shape_ids: str | None = Form(None),
+    rank: int = Form(0, description="which match to draw, 0 = best"),
+) -> Response:
+    data = await read_upload(image, get_settings().max_upload_bytes)
+    from starlette.concurrency import run_in_threadpool
+
+    engine, img, result = await run_in_threadpool(_run, data, bbox, category, shape_ids, max(5, rank + 1), True)
+    if not 0 <= rank < len(result.matches):
+        raise HTTPException(422, f"rank must be between 0 and {len(result.matches) - 1}")
+    with _search_lock:
+        png = engine.overlay(img, result, rank)
+    return Response(png, media_type="image/png")

@@ -1,0 +1,227 @@
+"""Shape and pose search: rank every (shape, pose) of the library against a photo.
+
+A query runs the photo stream once, adds its code to the stored code of every
+candidate view, and applies ReLU + FC (models.matching) in float16 chunks.  The
+best grid poses can then be refined by rendering a few dozen nearby poses.
+"""
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .features import FeatureIndex, crops_to_tensor
+from .grid import PoseGrid
+from .library import ShapeLibrary
+
+PHOTO_FILL = (127, 127, 127)
+
+
+def photo_crop(image: Image.Image, box, size: int, margin: float):
+    """The square crop of the photo the photo stream sees, and its box in photo pixels."""
+    from .render import crop_square
+
+    if box is None:
+        box = (0.0, 0.0, float(image.width), float(image.height))
+    return crop_square(image.convert("RGB"), box, size, margin, fill=PHOTO_FILL)
+
+
+def photos_to_tensor(crops: np.ndarray) -> torch.Tensor:
+    """(N, S, S, 3) uint8 -> (N, 3, S, S) float in [-0.5, 0.5]."""
+    return torch.from_numpy(np.array(crops, dtype=np.uint8, copy=True)).float().div_(255.0).sub_(0.5).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class Match:
+    shape_id: int
+    category: str
+    name: str
+    azimuth: float
+    elevation: float
+    theta: float
+    score: float              # predicted geodesic distance, degrees
+    pose_index: int | None    # grid pose, None once refined off the grid
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("shape_id", "category", "name", "azimuth", "elevation", "theta", "score", "pose_index")}
+
+
+@dataclass
+class SearchResult:
+    matches: list[Match]
+    no_match: bool
+    photo_box: tuple[float, float, float, float]
+    timing_ms: dict = field(default_factory=dict)
+    candidates: int = 0
+
+
+class SearchEngine:
+    def __init__(self, library: ShapeLibrary, features: FeatureIndex, model, device: str = "cpu",
+                 no_match_threshold_deg: float | None = None, chunk: int = 4096):
+        self.library = library
+        self.features = features
+        self.views = features.views
+        self.grid: PoseGrid = self.views.config.grid
+        self.model = model.eval()
+        self.device = device
+        self.no_match_threshold_deg = no_match_threshold_deg
+        self.chunk = chunk
+        self._matrix_key: tuple | None = None
+        self._matrix: torch.Tensor | None = None
+        self._owner: np.ndarray | None = None
+        self._renderer = None
+
+    # Candidates ---------------------------------------------------------------
+    def _select(self, category: str | None, shape_ids: list[int] | None) -> list:
+        shapes = [s for s in self.library.shapes() if self.views.has(s.id)]
+        if category:
+            shapes = [s for s in shapes if s.category == category]
+        if shape_ids is not None:
+            wanted = set(shape_ids)
+            shapes = [s for s in shapes if s.id in wanted]
+        return shapes
+
+    def _codes(self, shape_ids: tuple[int, ...]) -> tuple[torch.Tensor, np.ndarray]:
+        """All candidate codes as one (N, D) float16 matrix, cached per shape set."""
+        if self._matrix_key != shape_ids:
+            mats = [self.features.codes(sid) for sid in shape_ids]
+            self._matrix = torch.cat(mats).to(self.device) if mats else torch.zeros(0, self.model.code_dim, dtype=torch.float16)
+            self._owner = np.repeat(np.array(shape_ids, dtype=np.int64), [len(m) for m in mats]) if mats else np.zeros(0, np.int64)
+            self._matrix_key = shape_ids
+        return self._matrix, self._owner
+
+    @torch.no_grad()
+    def score_all(self, photo_code: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Predicted distances (radians) of one photo code against (N, D) view codes."""
+        head = self.model.head
+        dtype = codes.dtype
+        pc = photo_code.reshape(-1).to(dtype)
+        w = head.fc.weight.reshape(-1).to(dtype)
+        out = [torch.relu(codes[i : i + self.chunk] + pc) @ w for i in range(0, len(codes), self.chunk)]
+        return (torch.cat(out).float() + head.fc.bias.float()) if out else torch.zeros(0)
+
+    @torch.no_grad()
+    def photo_code(self, image: Image.Image, box=None):
+        cfg = self.views.config
+        crop, sq = photo_crop(image, box, self.model.config.input_size, cfg.margin)
+        x = photos_to_tensor(np.asarray(crop)[None]).to(self.device)
+        return self.model.photo_codes(x)[0], sq
+
+    # Search -------------------------------------------------------------------
+    def search(self, image: Image.Image, box=None, category: str | None = None, shape_ids: list[int] | None = None,
+               top_k: int = 5, refine: bool = True, pose_subset: np.ndarray | None = None) -> SearchResult:
+        t0 = time.perf_counter()
+        shapes = self._select(category, shape_ids)
+        by_id = {s.id: s for s in shapes}
+        code, sq = self.photo_code(image, box)
+        t1 = time.perf_counter()
+        codes, owner = self._codes(tuple(s.id for s in shapes))
+        V = len(self.grid)
+        if pose_subset is not None and len(codes):
+            rows = (np.arange(len(shapes))[:, None] * V + np.asarray(pose_subset)[None, :]).reshape(-1)
+            scores = self.score_all(code, codes[torch.from_numpy(rows)])
+            flat = rows
+        else:
+            scores = self.score_all(code, codes)
+            flat = None
+        t2 = time.perf_counter()
+        k = min(top_k if not refine else max(top_k, 3), len(scores))
+        best = torch.topk(scores, k, largest=False) if k else None
+        matches = []
+        if best is not None:
+            for s, i in zip(best.values.tolist(), best.indices.tolist()):
+                row = int(flat[i]) if flat is not None else int(i)
+                sid, pose = int(owner[row]), row % V
+                a, e, t = self.grid.poses(pose)
+                sh = by_id[sid]
+                matches.append(Match(sid, sh.category, sh.name, float(a), float(e), float(t), float(np.degrees(s)), int(pose)))
+        t3 = time.perf_counter()
+        if refine and matches:
+            matches = self.refine(code, matches[: min(3, len(matches))]) + matches[min(3, len(matches)) :]
+            matches.sort(key=lambda m: m.score)
+        t4 = time.perf_counter()
+        no_match = bool(not matches or (self.no_match_threshold_deg is not None and matches[0].score > self.no_match_threshold_deg))
+        timing = {"photo_stream": (t1 - t0) * 1e3, "ranking": (t2 - t1) * 1e3, "refinement": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3}
+        return SearchResult(matches[:top_k], no_match, sq, {k: round(v, 2) for k, v in timing.items()}, len(scores))
+
+    # Refinement ---------------------------------------------------------------
+    def _render_crops(self, shape_id: int, poses: np.ndarray) -> np.ndarray:
+        from .render import Renderer, crop_square, mask_box
+
+        cfg = self.views.config
+        if self._renderer is None:
+            self._renderer = Renderer(cfg.canvas)
+        mesh = self.library.mesh(shape_id)
+        crops = np.full((len(poses), cfg.crop, cfg.crop), 255, np.uint8)
+        for i, (a, e, t) in enumerate(poses):
+            res = self._renderer.render(mesh, float(a), float(e), float(t), cfg.distance)
+            box = mask_box(res.mask)
+            if box is not None:
+                crops[i] = np.asarray(crop_square(res.color[..., 0], box, cfg.crop, cfg.margin, fill=(255,))[0])
+        return crops
+
+    def refinement_poses(self, a: float, e: float, t: float, steps: int = 3) -> np.ndarray:
+        """Poses around a grid pose at a third of a bin spacing along each angle."""
+        da, de, dt = 360.0 / self.grid.n_azimuth, 180.0 / self.grid.n_elevation, 360.0 / self.grid.n_theta
+        offs = (np.arange(steps) - (steps - 1) / 2) * (2.0 / (3 * (steps - 1)) if steps > 1 else 0)
+        A, E, T = np.meshgrid(a + offs * da, np.clip(e + offs * de, -89.9, 89.9), t + offs * dt, indexing="ij")
+        poses = np.stack([np.mod(A, 360), E, (T + 180) % 360 - 180], -1).reshape(-1, 3)
+        return poses
+
+    @torch.no_grad()
+    def refine(self, photo_code: torch.Tensor, matches: list[Match]) -> list[Match]:
+        out = []
+        for m in matches:
+            poses = self.refinement_poses(m.azimuth, m.elevation, m.theta)
+            codes = self.model.render_codes(crops_to_tensor(self._render_crops(m.shape_id, poses)).to(self.device))
+            scores = self.score_all(photo_code, codes.float())
+            i = int(torch.argmin(scores))
+            s = float(np.degrees(float(scores[i])))
+            if s < m.score:
+                a, e, t = poses[i]
+                out.append(Match(m.shape_id, m.category, m.name, float(a), float(e), float(t), s, None))
+            else:
+                out.append(m)
+        return out
+
+    # Overlay ------------------------------------------------------------------
+    def overlay(self, image: Image.Image, result: SearchResult, rank: int = 0, alpha: float = 0.55) -> bytes:
+        """PNG: the match rendered in its pose, blended onto the photo inside the searched box."""
+        from .render import Renderer, crop_square, mask_box
+
+        photo = image.convert("RGB")
+        if not result.matches:
+            buf = io.BytesIO()
+            photo.save(buf, "PNG")
+            return buf.getvalue()
+        m = result.matches[rank]
+        cfg = self.views.config
+        x0, y0, x1, y1 = result.photo_box
+        side = max(1, int(round(x1 - x0)))
+        if self._renderer is None:
+            self._renderer = Renderer(cfg.canvas)
+        res = self._renderer.render(self.library.mesh(m.shape_id), m.azimuth, m.elevation, m.theta, cfg.distance)
+        box = mask_box(res.mask)
+        tint = np.dstack([res.shading * 90 + 40, res.shading * 200 + 55, res.shading * 255])
+        rgba = np.dstack([tint.astype(np.uint8), (res.mask * 255).astype(np.uint8)])
+        layer, _ = crop_square(rgba, box, side, cfg.margin, fill=(0, 0, 0, 0))
+        a = np.asarray(layer).astype(np.float32)
+        a[..., 3] *= alpha
+        canvas = Image.new("RGBA", photo.size, (0, 0, 0, 0))
+        canvas.paste(Image.fromarray(a.astype(np.uint8), "RGBA"), (int(round(x0)), int(round(y0))))
+        out = Image.alpha_composite(photo.convert("RGBA"), canvas)
+        edge = Image.fromarray((np.asarray(layer)[..., 3] > 0).astype(np.uint8) * 255)
+        from PIL import ImageFilter
+
+        outline = np.asarray(edge.filter(ImageFilter.FIND_EDGES)) > 0
+        ol = Image.new("RGBA", photo.size, (0, 0, 0, 0))
+        ol.paste(Image.fromarray(np.dstack([np.full(outline.shape + (3,), (255, 200, 0), np.uint8), outline.astype(np.uint8) * 255]), "RGBA"), (int(round(x0)), int(round(y0))))
+        out = Image.alpha_composite(out, ol)
+        ImageDraw.Draw(out).rectangle([x0, y0, x1, y1], outline=(255, 255, 255, 180))
+        buf = io.BytesIO()
+        out.convert("RGB").save(buf, "PNG")
+        return buf.getvalue()
