@@ -1,0 +1,66 @@
+import io
+
+import numpy as np
+import pytest
+from fastapi import HTTPException
+from PIL import Image
+
+from service.uploads import decode_image, parse_bbox, parse_ids
+
+
+def _enc(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _status(fn, *a) -> tuple[int, str]:
+    with pytest.raises(HTTPException) as exc:
+        fn(*a)
+    return exc.value.status_code, exc.value.detail
+
+
+RGB = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_accepted_formats_by_content(fmt):
+    img = decode_image(_enc(RGB, fmt), 10**7)
+    assert img.mode == "RGB" and img.size == (60, 40)
+
+
+def test_rejections_are_clear():
+    assert _status(decode_image, b"", 10**7)[0] in (415, 422)
+    code, msg = _status(decode_image, b"GIF89a not really", 10**7)
+    assert code == 415 and "JPEG, PNG or WebP" in msg
+    code, msg = _status(decode_image, _enc(RGB, "GIF"), 10**7)
+    assert code == 415 and "GIF" in msg
+    code, msg = _status(decode_image, _enc(RGB, "JPEG")[:300], 10**7)
+    assert code == 422 and "broken" in msg
+    code, msg = _status(decode_image, _enc(Image.new("RGB", (1, 1)), "PNG"), 10**7)
+    assert code == 422 and "too small" in msg
+    code, msg = _status(decode_image, _enc(Image.new("L", (3000, 3000)), "PNG"), 10**6)
+    assert code == 413 and "pixels" in msg
+
+
+def test_modes_are_converted_and_exif_applied():
+    assert decode_image(_enc(RGB.convert("CMYK"), "JPEG"), 10**7).mode == "RGB"
+    rgba = RGB.convert("RGBA")
+    assert decode_image(_enc(rgba, "PNG"), 10**7).mode == "RGB"
+    assert decode_image(_enc(Image.new("I;16", (20, 20)), "PNG"), 10**7).mode == "RGB"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    rotated = decode_image(_enc(RGB, "JPEG", exif=exif), 10**7)
+    assert rotated.size == (40, 60)
+
+
+def test_bbox_and_ids_parsing():
+    img = Image.new("RGB", (100, 50))
+    assert parse_bbox("10,5,60,45", img) == (10, 5, 60, 45)
+    assert parse_bbox(None, img) is None
+    for bad, word in [("1,2,3", "four numbers"), ("10,5,5,45", "x1 > x0"), ("0,0,101,50", "outside"), ("nan,0,5,5", "finite"),
+                      ("0,0,2,2", "smaller")]:
+        code, msg = _status(parse_bbox, bad, img)
+        assert code == 422 and word in msg, (bad, msg)
+    assert parse_ids("3, 4,5") == [3, 4, 5]
+    assert _status(parse_ids, "3,x")[0] == 422
