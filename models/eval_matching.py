@@ -237,6 +237,33 @@ def calibrate_no_match(engine, library, args, seen) -> dict:
             "out_of_library_rejected": float(np.mean(b_out > ths[i])), "median_best_in": float(np.median(b_in)), "median_best_out": float(np.median(b_out))}
 
 
+def write_model_card(weights: Path, eval_md: str, no_match: dict) -> None:
+    """models/weights/<name>.md beside the weights: recipe, seed, time, hardware, measured metrics."""
+    card = weights.with_suffix(".json")
+    meta = json.loads(card.read_text()) if card.is_file() else {}
+    if no_match.get("threshold_deg") is not None:
+        meta["no_match_threshold_deg"] = no_match["threshold_deg"]
+        card.write_text(json.dumps(meta, indent=1))
+    names = meta.get("shape_names", {})
+    held = ", ".join(names.get(str(i), str(i)) for i in meta.get("heldout_shapes", []))
+    text = f"""# Model card: {weights.name}
+
+Geometric differential matching network (`{meta.get('model', 'matching-cpu')}`: two AlexNet-topology streams, 64 px input,
+1x1-conv fusion + FC), regressing the geodesic distance (radians) between a photo's and a rendering's rotation.
+
+- **Command**: `python -m models.train_matching --library ../shared/shape_library --data-dir var/train --photos {meta.get('photos')} --steps {meta.get('steps')} --batch {meta.get('batch')} --seed {meta.get('seed')}`
+- **Data recipe**: the generated default library plus the real aeroplane/boat/car meshes of `../shared/shape_library`;
+  20 % of each category's shapes held out ({len(meta.get('heldout_shapes', []))} shapes: {held}).
+  {meta.get('photos')} synthetic photos (`shape_library.synthetic`, seed {meta.get('seed')}) of the {len(meta.get('train_shapes', []))} training shapes;
+  per photo {meta.get('pairs_per_photo')} grid renderings: {meta.get('pair_sampling')}.
+- **Seed** {meta.get('seed')}; **training time** {meta.get('training_seconds', 0) / 60:.1f} min on {meta.get('hardware')}; final training MSE {meta.get('final_loss', float('nan')):.4f} rad².
+- **No-match threshold** (calibrated by `models.eval_matching`): {meta.get('no_match_threshold_deg', 'not calibrated')}°.
+- Weights stored as float16 ({weights.stat().st_size / 2**20:.1f} MB).
+
+{eval_md}"""
+    weights.with_suffix(".md").write_text(text)
+
+
 def write_reports(results: dict, args) -> None:
     cols = ["n", "p@5", "p@5_exact", "acc_pi6", "median_deg"]
     cols2 = ["n", "p@5", "acc_pi6", "median_deg", "shape_top1", "shape_top5"]
@@ -255,6 +282,7 @@ def write_reports(results: dict, args) -> None:
                f"and rejects {nm['out_of_library_rejected']:.1%} of photos of categories the library lacks (balanced accuracy {nm['balanced_accuracy']:.3f}).\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(md)
+    write_model_card(Path(results["weights"]), md, results.get("no_match", {}))
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     if args.readme.is_file():
         text = args.readme.read_text()

@@ -168,7 +168,7 @@ def train(args) -> Path:
             checkpoint.save(model, args.model, ckpt_dir / f"step-{step + 1}.pt", half=False)
     elapsed = time.time() - t_start
     meta = {
-        "seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr, "photos": args.photos,
+        "model": args.model, "seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr, "photos": args.photos,
         "pairs_per_photo": sampling.per_photo, "pair_sampling": sampling.__dict__, "grid": grid.key,
         "view_index": vcfg.key, "train_shapes": train_ids, "heldout_shapes": heldout_ids,
         "shape_names": {s.id: f"{s.category}/{s.name}" for s in library.shapes()},
