@@ -161,7 +161,7 @@ def train(args) -> Path:
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", rmse_deg=f"{np.degrees(np.sqrt(np.mean(losses[-50:]))):.1f}")
         if (step + 1) % 500 == 0 or step + 1 == args.steps:
