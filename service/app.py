@@ -1,6 +1,7 @@
 """The FastAPI application: one router per resource, versioned under /v1."""
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -15,7 +16,18 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 def create_app() -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        from shape_library.settings import get_settings
+
+        from .indexing import start_background_index
+
+        if get_settings().index_on_start:
+            start_background_index()
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="shapesearch",
         version="1.0",
         summary="Find the texture-free 3D shape and pose that match a photo.",

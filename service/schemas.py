@@ -27,6 +27,7 @@ class Health(BaseModel):
     shapes: int
     indexed: int
     device: str
+    index: dict = Field(default_factory=dict, description="background index build: state (idle, building, ready, failed), done, total")
 
 
 class ErrorOut(BaseModel):

@@ -55,8 +55,14 @@ def _cmd_serve(args) -> int:
     from .bootstrap import bootstrap
     from .settings import get_settings
 
+    import os
+
+    if args.no_index:
+        os.environ["SHAPESEARCH_INDEX_ON_START"] = "false"
+        get_settings.cache_clear()
     settings = get_settings()
-    bootstrap(settings, build_index=not args.no_index)
+    # The library is ready before the first request; the index builds in the background (see /healthz).
+    bootstrap(settings, build_index=False)
     uvicorn.run("service.app:app", host=args.host or settings.host, port=args.port or settings.port, log_level="info")
     return 0
 

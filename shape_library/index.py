@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .grid import DEFAULT_GRID, PoseGrid
 from .library import ShapeLibrary, atomic_write
 
 RENDERER_VERSION = "flat-normals-v1"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class ViewIndex:
         self.path(shape_id).unlink(missing_ok=True)
         self.path(shape_id).with_suffix(".sha256").unlink(missing_ok=True)
 
-    def sync(self, progress: bool = True) -> list[int]:
+    def sync(self, progress: bool = True, on_shape=None) -> list[int]:
         """Build what is missing or damaged, drop files of removed shapes; returns rebuilt ids."""
         from .render import Renderer
 
@@ -140,8 +142,17 @@ class ViewIndex:
                 except IOError:
                     pass
             todo.append(s.id)
+        done = len(shapes) - len(todo)
+        if on_shape:
+            on_shape(done, len(shapes))
         if todo:
             with Renderer(self.config.canvas) as renderer:
                 for sid in tqdm(todo, desc="index shapes", unit="shape", disable=not progress):
-                    self.build(sid, renderer, progress=progress)
+                    try:
+                        self.build(sid, renderer, progress=progress)
+                    except Exception as exc:  # one broken shape must not stop the others
+                        log.error("indexing shape %s failed: %s", sid, exc)
+                    done += 1
+                    if on_shape:
+                        on_shape(done, len(shapes))
         return todo

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     matching_weights: Path = Field(REPO_ROOT / "models" / "weights" / "matching.pt", description="shipped matching network")
 
     # Service.
+    index_on_start: bool = Field(True, description="build missing view index and codes in the background on start")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 

@@ -92,3 +92,30 @@ def test_real_server_serves_the_generated_default_library(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_background_index_build_reports_progress(data_dir, tmp_path, monkeypatch):
+    """On start the API answers at once while the view index builds in a thread; /healthz reports it."""
+    from service import indexing
+    from service.app import create_app
+    from shape_library.bootstrap import library_from_settings
+
+    monkeypatch.setenv("SHAPESEARCH_MATCHING_WEIGHTS", str(tmp_path / "absent.pt"))
+    from shape_library import settings
+
+    settings.get_settings.cache_clear()
+    lib = library_from_settings()
+    f = tmp_path / "box.ply"
+    trimesh.creation.box(extents=[0.5, 1.0, 0.3]).export(f)
+    lib.add(f, name="flat box", category="misc")
+    with TestClient(create_app()) as client:
+        assert client.get("/v1/shapes").status_code == 200
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            idx = client.get("/healthz").json()["index"]
+            if idx["state"] in ("ready", "failed"):
+                break
+            time.sleep(0.5)
+        assert idx["state"] == "ready" and idx["done"] == idx["total"] == 1, idx
+        assert client.get("/v1/shapes").json()[0]["indexed"] is True
+    assert indexing.status()["state"] == "ready"

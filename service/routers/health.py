@@ -14,4 +14,7 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz", response_model=Health, summary="Liveness and library size")
 def healthz(library: ShapeLibrary = Depends(library_dep), settings: Settings = Depends(settings_dep)) -> Health:
     shapes = library.shapes()
-    return Health(status="ok", shapes=len(shapes), indexed=sum(s.as_dict()["indexed"] for s in shapes), device=settings.torch_device())
+    from ..indexing import status
+
+    return Health(status="ok", shapes=len(shapes), indexed=sum(s.as_dict()["indexed"] for s in shapes), device=settings.torch_device(),
+                  index=status())
