@@ -183,7 +183,7 @@ class Renderer:
         n_cam = n_world @ R.T.astype(np.float32)
         n_cam /= np.maximum(np.linalg.norm(n_cam, axis=-1, keepdims=True), 1e-6)
         # Double-sided faces: a normal pointing away from the viewer belongs to a back face.
-        rays = _pixel_rays(K)
+        rays = pixel_rays(K)
         backfacing = np.einsum("hwc,hwc->hw", n_cam, rays) > 0
         n_cam[backfacing] *= -1
         n_cam[~mask] = 0
@@ -193,8 +193,8 @@ class Renderer:
         return RenderResult(color, mask, depth.astype(np.float32), n_cam, s, (azimuth, elevation, theta, distance), K)
 
 
-def _pixel_rays(K: Intrinsics) -> np.ndarray:
-    """Unnormalised viewing ray of each pixel centre in the camera frame."""
+def pixel_rays(K: Intrinsics) -> np.ndarray:
+    """(H, W, 3) viewing ray of each pixel centre in the camera frame, z = -1 (so p_cam = depth * ray)."""
     u = np.arange(K.width, dtype=np.float32) + 0.5
     v = np.arange(K.height, dtype=np.float32) + 0.5
     uu, vv = np.meshgrid(u, v)

@@ -59,6 +59,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from . import camera as cam
 from .camera import Intrinsics
 from .grid import DEFAULT_GRID, PoseGrid
+from .render import mask_box, pixel_rays
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -312,14 +313,6 @@ def value_noise_3d(rng: np.random.Generator, points: np.ndarray, octaves: int = 
     return out / total
 
 
-def pixel_rays(K: Intrinsics) -> np.ndarray:
-    """(H, W, 3) viewing ray of each pixel centre in the camera frame, z = -1 (so p_cam = depth * ray)."""
-    u = np.arange(K.width, dtype=np.float32) + 0.5
-    v = np.arange(K.height, dtype=np.float32) + 0.5
-    uu, vv = np.meshgrid(u, v)
-    return np.dstack([(uu - K.cx) / K.fx, -(vv - K.cy) / K.fy, -np.ones_like(uu)]).astype(np.float32)
-
-
 def surface_points(depth: np.ndarray, K: Intrinsics, pose: Sequence[float]) -> np.ndarray:
     """(H, W, 3) library-frame surface points X = R^T p_cam + C (meaningless where depth == 0)."""
     a, e, t, d = pose[:4]
@@ -331,12 +324,8 @@ def surface_points(depth: np.ndarray, K: Intrinsics, pose: Sequence[float]) -> n
 
 def box_of(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     """Tight (x0, y0, x1, y1) box of a mask, exclusive max, as floats; None when empty."""
-    rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
-    if not rows.any():
-        return None
-    y0, y1 = np.argmax(rows), len(rows) - np.argmax(rows[::-1])
-    x0, x1 = np.argmax(cols), len(cols) - np.argmax(cols[::-1])
-    return float(x0), float(y0), float(x1), float(y1)
+    box = mask_box(mask)
+    return None if box is None else tuple(float(v) for v in box)
 
 
 def _downsample(a: np.ndarray, s: int) -> np.ndarray:
