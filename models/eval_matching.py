@@ -28,6 +28,7 @@ from .pairs import grid_rotations, pose_rotations
 from .train_matching import CATEGORIES, prepare_library
 
 PI6 = np.pi / 6
+MIN_NO_MATCH_BALANCED_ACCURACY = 0.75
 
 
 def _rot_err(poses_a: np.ndarray, poses_b: np.ndarray) -> np.ndarray:
@@ -241,9 +242,12 @@ def write_model_card(weights: Path, eval_md: str, no_match: dict) -> None:
     """models/weights/<name>.md beside the weights: recipe, seed, time, hardware, measured metrics."""
     card = weights.with_suffix(".json")
     meta = json.loads(card.read_text()) if card.is_file() else {}
-    if no_match.get("threshold_deg") is not None:
-        meta["no_match_threshold_deg"] = no_match["threshold_deg"]
-        card.write_text(json.dumps(meta, indent=1))
+    # A threshold that barely separates in-library from out-of-library photos would only
+    # turn good answers into "no match": the service gets one only when it is useful.
+    useful = no_match.get("balanced_accuracy", 0) >= MIN_NO_MATCH_BALANCED_ACCURACY
+    meta["no_match_threshold_deg"] = no_match["threshold_deg"] if useful else None
+    meta["no_match_calibration"] = no_match
+    card.write_text(json.dumps(meta, indent=1))
     names = meta.get("shape_names", {})
     held = ", ".join(names.get(str(i), str(i)) for i in meta.get("heldout_shapes", []))
     text = f"""# Model card: {weights.name}
@@ -257,7 +261,7 @@ Geometric differential matching network (`{meta.get('model', 'matching-cpu')}`: 
   {meta.get('photos')} synthetic photos (`shape_library.synthetic`, seed {meta.get('seed')}) of the {len(meta.get('train_shapes', []))} training shapes;
   per photo {meta.get('pairs_per_photo')} grid renderings: {meta.get('pair_sampling')}.
 - **Seed** {meta.get('seed')}; **training time** {meta.get('training_seconds', 0) / 60:.1f} min on {meta.get('hardware')}; final training MSE {meta.get('final_loss', float('nan')):.4f} rad².
-- **No-match threshold** (calibrated by `models.eval_matching`): {meta.get('no_match_threshold_deg', 'not calibrated')}°.
+- **No-match threshold** (calibrated by `models.eval_matching`, used only when its balanced accuracy reaches {MIN_NO_MATCH_BALANCED_ACCURACY}): {meta.get('no_match_threshold_deg')}° (calibration: {json.dumps(meta.get('no_match_calibration', {}))}).
 - Weights stored as float16 ({weights.stat().st_size / 2**20:.1f} MB).
 
 {eval_md}"""

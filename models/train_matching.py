@@ -90,6 +90,23 @@ def jitter_crops(crops: np.ndarray, rng: np.random.Generator, shift: float = 0.0
     return out
 
 
+class AuxViewpoint(torch.nn.Module):
+    """Training-only heads classifying the azimuth, elevation and in-plane bins from a stream's features.
+
+    Trained from scratch on 2 CPU cores, the streams learn pose-aware features far
+    faster with this signal than from the pairwise distance regression alone; the
+    heads are dropped after training (the shipped network is unchanged).
+    """
+
+    def __init__(self, features: int, grid):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(features, n) for n in (grid.n_azimuth, grid.n_elevation, grid.n_theta))
+
+    def loss(self, feats: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+        f = feats.flatten(1)
+        return sum(torch.nn.functional.cross_entropy(h(f), bins[:, i]) for i, h in enumerate(self.heads)) / 3
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.train_matching", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--library", type=Path, help="real mesh folder to add (e.g. ../shared/shape_library)")
@@ -104,6 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--max-shapes", type=int, default=0, help="use only this many shapes per category (quick runs)")
     p.add_argument("--grid", default="21,11,11", help="pose grid bins a,e,t (quick runs use a coarser one)")
+    p.add_argument("--aux-weight", type=float, default=0.2,
+                   help="weight of the auxiliary viewpoint-bin classification on both streams (0: off)")
     args = p.parse_args(argv)
     train(args)
     return 0
@@ -140,7 +159,12 @@ def train(args) -> Path:
     grid_rot = grid_rotations(grid)
     sampling = PairSampling()
 
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    feat_dim = model.config.widths[-1] * model.feature_size(S) ** 2
+    aux_photo, aux_render = AuxViewpoint(feat_dim, grid), AuxViewpoint(feat_dim, grid)
+    photo_bins = torch.from_numpy(np.stack(grid.bins(grid.nearest_index(*photos["poses"][:, :3].T)), 1).astype(np.int64))
+    grid_bins = torch.from_numpy(np.stack(grid.bins(np.arange(len(grid))), 1).astype(np.int64))
+    params = list(model.parameters()) + list(aux_photo.parameters()) + list(aux_render.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     from shape_library.features import crops_to_tensor
     from shape_library.search import photos_to_tensor
@@ -155,20 +179,25 @@ def train(args) -> Path:
         renders = np.stack([crops_by_shape[s][p] for s, p in zip(shapes.reshape(-1), poses.reshape(-1))])
         x_photo = photos_to_tensor(jitter_crops(photos["crops"][idx], rng))
         x_render = crops_to_tensor(renders).view(args.batch, sampling.per_photo, 1, S, S)
-        pred = model(x_photo, x_render)
+        f_photo = model.photo_stream(x_photo)
+        f_render = model.render_stream(x_render.flatten(0, 1))
+        codes = model.head.render_code(f_render).view(args.batch, sampling.per_photo, -1)
+        pred = model.head.score_codes(model.head.photo_code(f_photo), codes)
         loss = torch.nn.functional.mse_loss(pred, target)
+        if args.aux_weight:
+            loss = loss + args.aux_weight * (aux_photo.loss(f_photo, photo_bins[idx]) + aux_render.loss(f_render, grid_bins[poses.reshape(-1)]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(torch.nn.functional.mse_loss(pred.detach(), target)))
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", rmse_deg=f"{np.degrees(np.sqrt(np.mean(losses[-50:]))):.1f}")
         if (step + 1) % 500 == 0 or step + 1 == args.steps:
             checkpoint.save(model, args.model, ckpt_dir / f"step-{step + 1}.pt", half=False)
     elapsed = time.time() - t_start
     meta = {
-        "model": args.model, "seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr, "photos": args.photos,
+        "model": args.model, "seed": args.seed, "steps": args.steps, "aux_weight": args.aux_weight, "batch": args.batch, "lr": args.lr, "photos": args.photos,
         "pairs_per_photo": sampling.per_photo, "pair_sampling": sampling.__dict__, "grid": grid.key,
         "view_index": vcfg.key, "train_shapes": train_ids, "heldout_shapes": heldout_ids,
         "shape_names": {s.id: f"{s.category}/{s.name}" for s in library.shapes()},
