@@ -255,7 +255,7 @@ def write_model_card(weights: Path, eval_md: str, no_match: dict) -> None:
 Geometric differential matching network (`{meta.get('model', 'matching-cpu')}`: two AlexNet-topology streams, 64 px input,
 1x1-conv fusion + FC), regressing the geodesic distance (radians) between a photo's and a rendering's rotation.
 
-- **Command**: `python -m models.train_matching --library ../shared/shape_library --data-dir var/train --photos {meta.get('photos')} --steps {meta.get('steps')} --batch {meta.get('batch')} --seed {meta.get('seed')}`
+- **Command**: `python -m models.train_matching --library ../shared/shape_library --data-dir var/train --photos {meta.get('photos')} --steps {meta.get('steps')} --batch {meta.get('batch')} --seed {meta.get('seed')} --aux-weight {meta.get('aux_weight', 0)}`
 - **Data recipe**: the generated default library plus the real aeroplane/boat/car meshes of `../shared/shape_library`;
   20 % of each category's shapes held out ({len(meta.get('heldout_shapes', []))} shapes: {held}).
   {meta.get('photos')} synthetic photos (`shape_library.synthetic`, seed {meta.get('seed')}) of the {len(meta.get('train_shapes', []))} training shapes;
