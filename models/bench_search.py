@@ -39,8 +39,8 @@ def _free_port() -> int:
 def main(argv=None) -> int:
     from shape_library.bootstrap import bootstrap
     from shape_library.features import FeatureIndex, crops_to_tensor
-    from shape_library.index import ViewIndex, ViewIndexConfig
-    from shape_library.render import Renderer, crop_square, mask_box
+    from shape_library.index import ViewIndex, ViewIndexConfig, render_crops
+    from shape_library.render import Renderer
     from shape_library.search import SearchEngine, photo_crop, photos_to_tensor
     from shape_library.settings import get_settings
     from shape_library.synthetic import SyntheticConfig, generate
@@ -99,10 +99,7 @@ def main(argv=None) -> int:
     x_photo = photos_to_tensor(np.asarray(crop)[None]).to(device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        crops = np.full((len(poses), cfg.crop, cfg.crop), 255, np.uint8)
-        for i, (a, e, th) in enumerate(poses):
-            res = r.render(mesh, float(a), float(e), float(th), cfg.distance)
-            crops[i] = np.asarray(crop_square(res.color[..., 0], mask_box(res.mask), cfg.crop, cfg.margin, fill=(255,))[0])
+        crops = render_crops(r, mesh, poses, cfg)[0]
         naive_scores = torch.cat([model(x_photo, crops_to_tensor(crops[i:i + 256]).to(device)[None])[0] for i in range(0, len(crops), 256)])
     naive = time.perf_counter() - t0
     engine_one = []

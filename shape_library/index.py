@@ -49,6 +49,25 @@ class ShapeViews:
     crops: np.ndarray   # (V, crop, crop) uint8 grey renderings on white
 
 
+def render_crops(renderer, mesh, poses: np.ndarray, config: ViewIndexConfig, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Grey square crops around the silhouette (what the rendering stream sees) and their canvas boxes.
+
+    The one definition of a view, shared by the index, refinement and benchmarks, so
+    renderings made on the fly match the indexed ones exactly.
+    """
+    from .render import crop_square, mask_box
+
+    crops = np.full((len(poses), config.crop, config.crop), 255, np.uint8)
+    boxes = np.zeros((len(poses), 4), np.float32)
+    for v, (a, e, t) in enumerate(tqdm(poses, desc=desc, unit="view", disable=desc is None, leave=False)):
+        res = renderer.render(mesh, float(a), float(e), float(t), config.distance)
+        box = mask_box(res.mask)
+        if box is not None:
+            img, boxes[v] = crop_square(res.color[..., 0], box, config.crop, config.margin, fill=(255,))
+            crops[v] = np.asarray(img)
+    return crops, boxes
+
+
 class ViewIndex:
     def __init__(self, root: Path, library: ShapeLibrary, config: ViewIndexConfig = ViewIndexConfig()):
         self.config = config
@@ -63,27 +82,12 @@ class ViewIndex:
         return self.path(shape_id).is_file()
 
     def render_shape(self, shape_id: int, renderer=None, progress: bool = True) -> ShapeViews:
-        from .render import Renderer, crop_square, mask_box
+        from .render import Renderer
 
-        cfg = self.config
-        mesh = self.library.mesh(shape_id)
-        poses = cfg.grid.poses().astype(np.float32)
-        boxes = np.zeros((len(poses), 4), np.float32)
-        crops = np.full((len(poses), cfg.crop, cfg.crop), 255, np.uint8)
-        own = renderer is None
-        renderer = renderer or Renderer(cfg.canvas)
-        try:
-            for v, (a, e, t) in enumerate(tqdm(poses, desc=f"render shape {shape_id}", unit="view", disable=not progress, leave=False)):
-                res = renderer.render(mesh, float(a), float(e), float(t), cfg.distance)
-                box = mask_box(res.mask)
-                if box is None:
-                    continue
-                img, sq = crop_square(res.color[..., 0], box, cfg.crop, cfg.margin, fill=(255,))
-                boxes[v] = sq
-                crops[v] = np.asarray(img)
-        finally:
-            if own:
-                renderer.close()
+        poses = self.config.grid.poses().astype(np.float32)
+        renderer = renderer or Renderer(self.config.canvas)
+        crops, boxes = render_crops(renderer, self.library.mesh(shape_id), poses, self.config,
+                                    desc=f"render shape {shape_id}" if progress else None)
         return ShapeViews(shape_id, poses, boxes, crops)
 
     def build(self, shape_id: int, renderer=None, progress: bool = True) -> ShapeViews:

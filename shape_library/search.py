@@ -150,19 +150,12 @@ class SearchEngine:
 
     # Refinement ---------------------------------------------------------------
     def _render_crops(self, shape_id: int, poses: np.ndarray) -> np.ndarray:
-        from .render import Renderer, crop_square, mask_box
+        from .index import render_crops
+        from .render import Renderer
 
-        cfg = self.views.config
         if self._renderer is None:
-            self._renderer = Renderer(cfg.canvas)
-        mesh = self.library.mesh(shape_id)
-        crops = np.full((len(poses), cfg.crop, cfg.crop), 255, np.uint8)
-        for i, (a, e, t) in enumerate(poses):
-            res = self._renderer.render(mesh, float(a), float(e), float(t), cfg.distance)
-            box = mask_box(res.mask)
-            if box is not None:
-                crops[i] = np.asarray(crop_square(res.color[..., 0], box, cfg.crop, cfg.margin, fill=(255,))[0])
-        return crops
+            self._renderer = Renderer(self.views.config.canvas)
+        return render_crops(self._renderer, self.library.mesh(shape_id), poses, self.views.config)[0]
 
     def refinement_poses(self, a: float, e: float, t: float, steps: int = 3) -> np.ndarray:
         """Poses around a grid pose at a third of a bin spacing along each angle."""
