@@ -80,6 +80,16 @@ def main(argv=None) -> int:
         engine.search(img, box, refine=True)
         full_t.append(time.perf_counter() - t0)
     n_cand = len(ids) * len(views.config.grid)
+    default_ids = [s.id for s in library.shapes() if str(settings.default_library_dir) in s.source and s.id in ids]
+    if default_ids and len(default_ids) < len(ids):
+        engine.search(*images[0], shape_ids=default_ids, refine=False)
+        dt = []
+        for img, box in images:
+            t0 = time.perf_counter()
+            engine.search(img, box, shape_ids=default_ids, refine=False)
+            dt.append(time.perf_counter() - t0)
+        rows.append((f"Python, ranking only, the generated default library", f"{len(default_ids)} shapes × 2,541 = {len(default_ids) * len(views.config.grid):,}",
+                     _pct(dt, 50), _pct(dt, 95)))
     rows.append(("Python, ranking only (photo stream + fused head)", f"{len(ids)} shapes × 2,541 = {n_cand:,}", _pct(rank_t, 50), _pct(rank_t, 95)))
     rows.append(("Python, ranking + refinement (3 × 27 rendered poses)", f"{n_cand:,}", _pct(full_t, 50), _pct(full_t, 95)))
 
