@@ -14,7 +14,6 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -57,7 +56,6 @@ def main(argv=None) -> int:
     settings = get_settings()
     device = settings.torch_device()
     rows = []
-    t = time.perf_counter()
     library = bootstrap(settings, build_index=True)
     model, meta = checkpoint.load(args.weights, device)
     views = ViewIndex(settings.index_dir, library, ViewIndexConfig(canvas=settings.render_size))

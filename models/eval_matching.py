@@ -24,7 +24,7 @@ from shape_library.search import SearchEngine, photo_crop, photos_to_tensor
 
 from . import checkpoint, geometry
 from . import matching  # noqa: F401
-from .pairs import grid_rotations, pose_rotations
+from .pairs import pose_rotations
 from .train_matching import CATEGORIES, prepare_library
 
 PI6 = np.pi / 6

@@ -11,7 +11,7 @@ a query then costs one photo-stream pass plus add, ReLU and the FC over all view
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn

@@ -4,7 +4,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from .grid import DEFAULT_GRID
