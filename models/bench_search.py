@@ -36,9 +36,9 @@ def _free_port() -> int:
 
 
 def main(argv=None) -> int:
-    from shape_library.bootstrap import bootstrap
-    from shape_library.features import FeatureIndex, crops_to_tensor
-    from shape_library.index import ViewIndex, ViewIndexConfig, render_crops
+    from shape_library.bootstrap import bootstrap, feature_index_from_settings, view_index_from_settings
+    from shape_library.features import crops_to_tensor
+    from shape_library.index import render_crops
     from shape_library.render import Renderer
     from shape_library.search import SearchEngine, photo_crop, photos_to_tensor
     from shape_library.settings import get_settings
@@ -57,9 +57,11 @@ def main(argv=None) -> int:
     device = settings.torch_device()
     rows = []
     library = bootstrap(settings, build_index=True)
-    model, meta = checkpoint.load(args.weights, device)
-    views = ViewIndex(settings.index_dir, library, ViewIndexConfig(canvas=settings.render_size))
-    features = FeatureIndex(views, model, checkpoint.file_hash(args.weights), device=device)
+    views = view_index_from_settings(settings, library)
+    parts = feature_index_from_settings(settings, views, args.weights)
+    if parts is None:
+        raise SystemExit(f"no weights at {args.weights}")
+    model, features = parts
     ids = [s.id for s in library.shapes() if views.has(s.id)]
     features.sync(ids, progress=False)
     engine = SearchEngine(library, features, model, device)
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             engine.search(img, box, shape_ids=default_ids, refine=False)
             dt.append(time.perf_counter() - t0)
-        rows.append((f"Python, ranking only, the generated default library", f"{len(default_ids)} shapes × 2,541 = {len(default_ids) * len(views.config.grid):,}",
+        rows.append(("Python, ranking only, the generated default library", f"{len(default_ids)} shapes × 2,541 = {len(default_ids) * len(views.config.grid):,}",
                      _pct(dt, 50), _pct(dt, 95)))
     rows.append(("Python, ranking only (photo stream + fused head)", f"{len(ids)} shapes × 2,541 = {n_cand:,}", _pct(rank_t, 50), _pct(rank_t, 95)))
     rows.append(("Python, ranking + refinement (3 × 27 rendered poses)", f"{n_cand:,}", _pct(full_t, 50), _pct(full_t, 95)))

@@ -21,26 +21,18 @@ def weights_path() -> Path:
 
 @lru_cache(maxsize=1)
 def _engine():
-    from models import checkpoint
-    from models import matching  # noqa: F401
-    from shape_library.features import FeatureIndex
-    from shape_library.index import ViewIndex, ViewIndexConfig
+    from shape_library.bootstrap import feature_index_from_settings, view_index_from_settings
     from shape_library.search import SearchEngine
 
     settings = get_settings()
-    path = weights_path()
-    if not path.is_file():
-        return None
-    device = settings.torch_device()
-    model, meta = checkpoint.load(path, device)
     library = library_from_settings(settings)
-    views = ViewIndex(settings.index_dir, library, ViewIndexConfig(canvas=settings.render_size))
-    features = FeatureIndex(views, model, checkpoint.file_hash(path), device=device)
-    card = path.with_suffix(".json")
-    threshold = None
-    if card.is_file():
-        threshold = json.loads(card.read_text()).get("no_match_threshold_deg")
-    return SearchEngine(library, features, model, device, no_match_threshold_deg=threshold)
+    parts = feature_index_from_settings(settings, view_index_from_settings(settings, library))
+    if parts is None:
+        return None
+    model, features = parts
+    card = weights_path().with_suffix(".json")
+    threshold = json.loads(card.read_text()).get("no_match_threshold_deg") if card.is_file() else None
+    return SearchEngine(library, features, model, features.device, no_match_threshold_deg=threshold)
 
 
 def get_engine():

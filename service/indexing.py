@@ -25,13 +25,12 @@ def _set(**kw) -> None:
 
 
 def _run() -> None:
-    from shape_library.bootstrap import build_codes, library_from_settings
-    from shape_library.index import ViewIndex, ViewIndexConfig
+    from shape_library.bootstrap import build_codes, library_from_settings, view_index_from_settings
 
     settings = get_settings()
     try:
         library = library_from_settings(settings)
-        views = ViewIndex(settings.index_dir, library, ViewIndexConfig(canvas=settings.render_size))
+        views = view_index_from_settings(settings, library)
         _set(state="building", total=len(library.shapes()), done=0, started=time.time(), error=None)
 
         def progress(done: int, total: int) -> None:

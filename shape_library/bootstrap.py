@@ -37,23 +37,35 @@ def bootstrap(settings: Settings | None = None, build_index: bool = True, progre
         for path, err in report.errors:
             log.warning("rejected %s: %s", path, err)
     if build_index:
-        views = ViewIndex(settings.index_dir, library, ViewIndexConfig(canvas=settings.render_size))
+        views = view_index_from_settings(settings, library)
         views.sync(progress=progress)
         build_codes(settings, views, progress)
     return library
 
 
-def build_codes(settings: Settings, views: ViewIndex, progress: bool = True) -> None:
-    """Rendering-stream codes for every indexed shape, when the matching weights are present."""
-    if not settings.matching_weights.is_file():
-        log.warning("no matching weights at %s: search is unavailable", settings.matching_weights)
-        return
+def view_index_from_settings(settings: Settings, library: ShapeLibrary) -> ViewIndex:
+    return ViewIndex(settings.index_dir, library, ViewIndexConfig(canvas=settings.render_size))
+
+
+def feature_index_from_settings(settings: Settings, views: ViewIndex, weights=None):
+    """(model, FeatureIndex) for the matching weights, or None when the weights are absent."""
+    weights = weights or settings.matching_weights
+    if not weights.is_file():
+        return None
     from models import checkpoint
     from models import matching  # noqa: F401
 
     from .features import FeatureIndex
 
     device = settings.torch_device()
-    model, _ = checkpoint.load(settings.matching_weights, device)
-    features = FeatureIndex(views, model, checkpoint.file_hash(settings.matching_weights), device=device)
-    features.sync([s.id for s in views.library.shapes() if views.has(s.id)], progress=progress)
+    model, _ = checkpoint.load(weights, device)
+    return model, FeatureIndex(views, model, checkpoint.file_hash(weights), device=device)
+
+
+def build_codes(settings: Settings, views: ViewIndex, progress: bool = True) -> None:
+    """Rendering-stream codes for every indexed shape, when the matching weights are present."""
+    parts = feature_index_from_settings(settings, views)
+    if parts is None:
+        log.warning("no matching weights at %s: search is unavailable", settings.matching_weights)
+        return
+    parts[1].sync([s.id for s in views.library.shapes() if views.has(s.id)], progress=progress)
