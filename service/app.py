@@ -6,11 +6,14 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi.exceptions import RequestValidationError
 
+from shape_library.images import InputRejected
 from shape_library.meshes import MeshError
 
-from .routers import health, search, shapes
+from .metrics import MetricsMiddleware, metrics_response
+from .routers import health, jobs, search, shapes
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -20,11 +23,15 @@ def create_app() -> FastAPI:
     async def lifespan(_app: FastAPI):
         from shape_library.settings import get_settings
 
+        from worker import dispatch
+
         from .indexing import start_background_index
 
         if get_settings().index_on_start:
             start_background_index()
+        dispatch.start()  # resumes the unfinished items of open jobs
         yield
+        dispatch.stop()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -35,10 +42,20 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(shapes.router)
     app.include_router(search.router)
+    app.include_router(jobs.router)
+    app.add_middleware(MetricsMiddleware)
+
+    @app.get("/metrics", include_in_schema=True, tags=["health"], summary="Prometheus metrics")
+    def metrics():
+        return metrics_response()
 
     @app.exception_handler(MeshError)
     async def _mesh_error(_request, exc: MeshError):
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(InputRejected)
+    async def _input_rejected(_request, exc: InputRejected):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request, exc: RequestValidationError):
@@ -47,6 +64,9 @@ def create_app() -> FastAPI:
             where = ".".join(str(x) for x in err.get("loc", []) if x != "body")
             parts.append(f"{where}: {err.get('msg')}")
         return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    if WEB_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
     def index():

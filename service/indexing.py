@@ -25,11 +25,12 @@ def _set(**kw) -> None:
 
 
 def _run() -> None:
-    from shape_library.bootstrap import build_codes, library_from_settings, view_index_from_settings
+    from shape_library.bootstrap import bootstrap, build_codes, view_index_from_settings
 
     settings = get_settings()
     try:
-        library = library_from_settings(settings)
+        _set(state="importing", error=None)
+        library = bootstrap(settings, build_index=False, progress=False)  # a no-op when `serve` did it
         views = view_index_from_settings(settings, library)
         _set(state="building", total=len(library.shapes()), done=0, started=time.time(), error=None)
 

@@ -30,7 +30,8 @@ def ensure_default_library(settings: Settings, library: ShapeLibrary, progress: 
 def bootstrap(settings: Settings | None = None, build_index: bool = True, progress: bool = True) -> ShapeLibrary:
     settings = settings or get_settings()
     library = library_from_settings(settings)
-    ensure_default_library(settings, library, progress)
+    if settings.default_library:
+        ensure_default_library(settings, library, progress)
     if settings.library is not None:
         report = import_folder(library, settings.library, progress=progress)
         log.info("%s: %s", settings.library, report.summary())

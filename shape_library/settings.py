@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +25,7 @@ class Settings(BaseSettings):
         description="a mesh folder (MANIFEST.json, category/*.ext, ModelNet, ShapeNetCore or "
         "PASCAL3D+ layout) imported on start; the generated default library when unset",
     )
+    default_library: bool = Field(True, description="generate and import the project's own 27 shapes on first start")
     photos_dir: Path | None = Field(None, description="background images for synthetic photos")
 
     # Compute.
@@ -37,6 +38,26 @@ class Settings(BaseSettings):
     index_on_start: bool = Field(True, description="build missing view index and codes in the background on start")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+
+    # Jobs and workers.
+    jobs_db_url: str | None = Field(None, description="SQLAlchemy URL of the job store; SQLite in data_dir when unset")
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_URL", "SHAPESEARCH_REDIS_URL"),
+        description="Redis for Celery's broker and results; switches the executor to Celery",
+    )
+    job_executor: str = Field(
+        "auto", pattern="^(auto|thread|celery)$",
+        description="'thread': in-process worker threads; 'celery': Celery workers (SQLite broker unless REDIS_URL); "
+        "'auto': celery when REDIS_URL is set, else thread",
+    )
+    job_threads: int = Field(1, ge=1, le=64, description="in-process worker threads (thread executor)")
+    item_lease_s: float = Field(300.0, gt=0, description="an item running longer than this is presumed lost and re-queued")
+    requeue_after_s: float = Field(600.0, gt=0, description="a queued item not picked up for this long is sent again")
+    sweep_interval_s: float = Field(15.0, gt=0, description="how often the API looks for lost items (celery executor)")
+    visibility_timeout_s: int = Field(3600, ge=1, description="Redis: unacknowledged tasks come back after this long")
+    job_max_attempts: int = Field(3, ge=1, le=20, description="tries per item on transient errors, with backoff")
+    max_job_items: int = Field(10_000, ge=1, description="images per job")
+    max_archive_bytes: int = Field(2 * 2**30, ge=1, description="zip size, compressed and uncompressed")
 
     # Limits on untrusted input.
     max_faces: int = Field(500_000, ge=1, description="reject meshes with more faces")
@@ -59,6 +80,28 @@ class Settings(BaseSettings):
     @property
     def default_library_dir(self) -> Path:
         return self.data_dir / "default_library"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def jobs_url(self) -> str:
+        return self.jobs_db_url or f"sqlite:///{self.data_dir / 'jobs.sqlite'}"
+
+    @property
+    def executor(self) -> str:
+        if self.job_executor != "auto":
+            return self.job_executor
+        return "celery" if self.redis_url else "thread"
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis_url or f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+
+    @property
+    def result_backend(self) -> str:
+        return self.redis_url or f"db+sqlite:///{self.data_dir / 'celery-results.sqlite'}"
 
     def torch_device(self) -> str:
         if self.device != "auto":

@@ -2,7 +2,7 @@ import io
 
 import numpy as np
 import pytest
-from fastapi import HTTPException
+from shape_library.images import InputRejected
 from PIL import Image
 
 from service.uploads import decode_image, parse_bbox, parse_ids
@@ -15,9 +15,9 @@ def _enc(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def _status(fn, *a) -> tuple[int, str]:
-    with pytest.raises(HTTPException) as exc:
+    with pytest.raises(InputRejected) as exc:
         fn(*a)
-    return exc.value.status_code, exc.value.detail
+    return exc.value.status, exc.value.detail
 
 
 RGB = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))

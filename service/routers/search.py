@@ -1,19 +1,17 @@
 from __future__ import annotations
 
 import base64
-import threading
 
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
 from pydantic import BaseModel, Field
 
 from shape_library.settings import get_settings
 
-from ..engine import get_engine
+from ..engine import engine_lock, get_engine
 from ..schemas import ErrorOut
 from ..uploads import decode_image, parse_bbox, parse_ids, read_upload
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
-_search_lock = threading.Lock()  # one renderer and one code matrix per process
 
 
 class MatchOut(BaseModel):
@@ -25,6 +23,7 @@ class MatchOut(BaseModel):
     theta: float = Field(description="in-plane rotation, degrees, [-180, 180)")
     score: float = Field(description="predicted geodesic distance to the photo's pose, degrees (smaller is better)")
     pose_index: int | None = Field(None, description="grid pose index, null when refined off the grid")
+    overlay_png: str | None = Field(None, description="data URL of this match blended onto the photo (overlay=true)")
 
 
 class SearchOut(BaseModel):
@@ -53,7 +52,7 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
     engine = get_engine()
     if category and category not in engine.library.catalog.categories():
         raise HTTPException(422, f"unknown category {category!r}; known: {', '.join(engine.library.catalog.categories())}")
-    with _search_lock:
+    with engine_lock:
         result = engine.search(img, box, category=category or None, shape_ids=ids, top_k=top_k, refine=refine)
     if ids is not None and result.candidates == 0:
         raise HTTPException(422, "none of shape_ids is an indexed shape")
@@ -69,17 +68,23 @@ async def search(
     shape_ids: str | None = Form(None, description="comma-separated shape ids to search among"),
     top_k: int = Form(5),
     refine: bool = Form(True, description="evaluate finer poses around the best grid poses"),
-    overlay: bool = Form(False, description="also return the overlay PNG as a data URL"),
+    overlay: bool = Form(False, description="also return, per match, the overlay PNG as a data URL"),
 ) -> SearchOut:
     data = await read_upload(image, get_settings().max_upload_bytes)
     from starlette.concurrency import run_in_threadpool
 
     engine, img, result = await run_in_threadpool(_run, data, bbox, category, shape_ids, top_k, refine)
-    png = None
-    if overlay and result.matches:
-        with _search_lock:
-            png = "data:image/png;base64," + base64.b64encode(engine.overlay(img, result)).decode()
-    return SearchOut(matches=[MatchOut(**m.as_dict()) for m in result.matches], no_match=result.no_match,
+    matches = [MatchOut(**m.as_dict()) for m in result.matches]
+    if overlay:
+        def draw() -> list[str]:
+            with engine_lock:
+                return ["data:image/png;base64," + base64.b64encode(engine.overlay(img, result, r)).decode()
+                        for r in range(len(matches))]
+
+        for m, png in zip(matches, await run_in_threadpool(draw)):
+            m.overlay_png = png
+    png = matches[0].overlay_png if matches else None
+    return SearchOut(matches=matches, no_match=result.no_match,
                      no_match_threshold=engine.no_match_threshold_deg, timing_ms=result.timing_ms, candidates=result.candidates,
                      photo_box=[float(v) for v in result.photo_box], overlay_png=png)
 
@@ -99,6 +104,6 @@ async def search_overlay(
     engine, img, result = await run_in_threadpool(_run, data, bbox, category, shape_ids, max(5, rank + 1), True)
     if not 0 <= rank < len(result.matches):
         raise HTTPException(422, f"rank must be between 0 and {len(result.matches) - 1}")
-    with _search_lock:
+    with engine_lock:
         png = engine.overlay(img, result, rank)
     return Response(png, media_type="image/png")
