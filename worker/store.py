@@ -266,8 +266,9 @@ class JobStore:
                              .where(Job.status.in_(("queued", "running")),
                                     or_(and_(Item.status == "running", Item.lease_until < now),
                                         and_(Item.status == "queued", Item.enqueued_at < now - requeue_after_s)))).all()
-            for j, i in rows:
-                s.execute(update(Item).where(Item.job_id == j, Item.idx == i).values(enqueued_at=now))
+            for j, i in rows:  # a lost claim is void: whoever held it can no longer record a result
+                s.execute(update(Item).where(Item.job_id == j, Item.idx == i)
+                          .values(status="queued", lease_until=None, enqueued_at=now))
         return [(j, i) for j, i in rows]
 
     def mark_enqueued(self, pairs: list[tuple[str, int]]) -> None:

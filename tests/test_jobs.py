@@ -1,0 +1,309 @@
+"""The job store, the item driver and the embedded executor; the jobs API with a real search at the end."""
+import io
+import json
+import threading
+import time
+import zipfile
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import marked_box
+from worker import items
+from worker.store import JobStore, NewItem
+
+
+@pytest.fixture()
+def store(tmp_path):
+    return JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+
+
+def _png(color=(200, 120, 60), size=(96, 80)) -> bytes:
+    buf = io.BytesIO()
+    img = Image.new("RGB", size, (255, 255, 255))
+    img.paste(Image.new("RGB", (size[0] // 2, size[1] // 2), color), (size[0] // 4, size[1] // 4))
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+# The store -----------------------------------------------------------------------------
+def test_claim_is_exclusive_and_the_result_is_recorded_once(store):
+    jid, created = store.create("search", [NewItem("a.png", "000000.png"), NewItem("b.png", "000001.png")])
+    assert created and store.get(jid).status == "queued"
+    t1 = store.claim(jid, 0, "w1", lease_s=60)
+    assert t1 == 1 and store.get(jid).status == "running"
+    assert store.claim(jid, 0, "w2", lease_s=60) is None          # a duplicate delivery while w1 works
+    assert store.finish(jid, 0, t1, result={"x": 1})
+    assert store.claim(jid, 0, "w2", lease_s=60) is None          # done items are never redone
+    assert not store.finish(jid, 0, t1, result={"x": 2})         # nor recorded twice
+    assert json.loads(store.item(jid, 0).result) == {"x": 1}
+    t = store.claim(jid, 1, "w1", lease_s=60)
+    store.finish(jid, 1, t, error="bad image")
+    job = store.get(jid)
+    assert job.status == "done" and job.finished_at is not None
+    assert store.counts(jid) == {"done": 1, "failed": 1}
+
+
+def test_an_expired_lease_lets_another_worker_take_over_and_only_the_new_claim_records(store):
+    jid, _ = store.create("search", [NewItem("a.png", "a")])
+    stale = store.claim(jid, 0, "dead-worker", lease_s=0.01)
+    time.sleep(0.05)
+    fresh = store.claim(jid, 0, "w2", lease_s=60)
+    assert fresh == stale + 1
+    assert not store.finish(jid, 0, stale, result={"who": "dead"})
+    assert store.finish(jid, 0, fresh, result={"who": "w2"})
+    item = store.item(jid, 0)
+    assert json.loads(item.result) == {"who": "w2"} and item.worker == "w2" and item.attempts == 2
+
+
+def test_stale_items_are_found_for_resending(store):
+    jid, _ = store.create("search", [NewItem("a", "a"), NewItem("b", "b"), NewItem("c", "c")])
+    store.claim(jid, 0, "w", lease_s=0.01)
+    store.claim(jid, 1, "w", lease_s=600)
+    time.sleep(0.05)
+    assert store.stale_items(requeue_after_s=600) == [(jid, 0)]       # running past its lease
+    assert store.item(jid, 0).status == "queued"                       # the lost claim is void
+    assert store.stale_items(requeue_after_s=600) == []                # just re-sent: not again at once
+    assert set(store.stale_items(requeue_after_s=0.0)) == {(jid, 0), (jid, 2)}  # queued too long
+
+
+def test_cancel_drops_queued_items_and_is_final(store):
+    jid, _ = store.create("search", [NewItem(str(i), str(i)) for i in range(4)])
+    tok = store.claim(jid, 0, "w", 60)
+    assert store.cancel(jid)
+    assert store.get(jid).status == "cancelled" and store.counts(jid) == {"running": 1, "cancelled": 3}
+    assert store.claim(jid, 1, "w", 60) is None
+    assert store.finish(jid, 0, tok, result={})            # the running item still lands
+    assert store.get(jid).status == "cancelled" and not store.cancel(jid)
+
+
+def test_idempotency_key_returns_the_same_job(store):
+    a, created_a = store.create("search", [NewItem("a", "a")], idempotency_key="k1")
+    b, created_b = store.create("search", [NewItem("a", "a")], idempotency_key="k1")
+    assert a == b and created_a and not created_b
+
+
+# The driver and the embedded executor ---------------------------------------------------------
+@pytest.fixture()
+def job_env(data_dir, monkeypatch):
+    from shape_library import settings
+
+    settings.get_settings.cache_clear()
+    yield items.store()
+
+
+def _wait(store, jid, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if store.get(jid).status in ("done", "failed", "cancelled"):
+            return store.get(jid)
+        time.sleep(0.05)
+    raise AssertionError(f"job {jid} still {store.get(jid).status}: {store.counts(jid)}")
+
+
+def test_transient_errors_are_retried_with_backoff_and_bad_input_fails_at_once(job_env, monkeypatch):
+    from shape_library.images import InputRejected
+    from worker.thread_executor import ThreadExecutor
+
+    calls: dict[int, int] = {}
+
+    def flaky(job, item):
+        calls[item.idx] = calls.get(item.idx, 0) + 1
+        if item.idx == 0 and calls[0] < 3:
+            raise OSError("disk hiccup")
+        if item.idx == 1:
+            raise InputRejected(415, "not an image")
+        if item.idx == 2:
+            raise RuntimeError("always broken")
+        return {"ok": item.idx}
+
+    monkeypatch.setitem(items.HANDLERS, "search", flaky)
+    monkeypatch.setattr(items, "backoff", lambda attempt: 0.01)
+    jid, _ = job_env.create("search", [NewItem(str(i), str(i)) for i in range(4)])
+    ex = ThreadExecutor(threads=2)
+    ex.start()                     # picks the queued items up from the store by itself
+    try:
+        job = _wait(job_env, jid)
+    finally:
+        ex.stop()
+    got = {it.idx: it for it in job_env.items(jid)}
+    assert job.status == "done"
+    assert got[0].status == "done" and got[0].attempts == 3 and calls[0] == 3
+    assert got[1].status == "failed" and got[1].attempts == 1 and "not an image" in got[1].error
+    assert got[2].status == "failed" and got[2].attempts == 3 and "after 3 attempts" in got[2].error
+    assert got[3].status == "done" and json.loads(got[3].result) == {"ok": 3}
+
+
+def test_a_restarted_executor_finishes_what_a_crashed_one_left(job_env, monkeypatch):
+    """Items left running or queued by a process that died are all done exactly once after a restart."""
+    from worker.thread_executor import ThreadExecutor
+
+    seen = []
+    lock = threading.Lock()
+
+    def record(job, item):
+        with lock:
+            seen.append(item.idx)
+        return {"idx": item.idx}
+
+    monkeypatch.setitem(items.HANDLERS, "search", record)
+    jid, _ = job_env.create("search", [NewItem(str(i), str(i)) for i in range(6)])
+    t = job_env.claim(jid, 0, "crashed", 600)
+    job_env.finish(jid, 0, t, result={"idx": 0})   # finished before the crash
+    job_env.claim(jid, 1, "crashed", 600)          # in flight when the process died
+    ex = ThreadExecutor(threads=1)
+    ex.start()
+    try:
+        job = _wait(job_env, jid)
+    finally:
+        ex.stop()
+    assert job.status == "done" and sorted(seen) == [1, 2, 3, 4, 5]
+    assert [json.loads(it.result)["idx"] for it in job_env.items(jid)] == list(range(6))
+
+
+# The API -----------------------------------------------------------------------------------
+@pytest.fixture()
+def api(data_dir, monkeypatch):
+    from shape_library import settings, warm_engine
+    from worker import dispatch
+
+    monkeypatch.setenv("SHAPESEARCH_DEFAULT_LIBRARY", "false")
+    monkeypatch.setenv("SHAPESEARCH_RENDER_SIZE", "64")
+    settings.get_settings.cache_clear()
+    warm_engine.reset_engine()
+    from service.app import create_app
+
+    with TestClient(create_app()) as client:
+        yield client
+    dispatch.stop()
+    warm_engine.reset_engine()
+
+
+def _metric(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _poll(client, jid, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        body = client.get(f"/v1/jobs/{jid}").json()
+        if body["status"] in ("done", "failed", "cancelled"):
+            return body
+        time.sleep(0.3)
+    raise AssertionError(body)
+
+
+def test_batch_upload_checks_every_file_and_the_zip(api):
+    r = api.post("/v1/jobs", files=[("image", ("x.png", b"not an image", "image/png"))])
+    assert r.status_code == 422 and "x.png: not a JPEG, PNG or WebP image" in r.json()["detail"]
+    r = api.post("/v1/jobs", files={"archive": ("a.zip", b"PK\x03\x04garbage", "application/zip")})
+    assert r.status_code == 422 and "zip" in r.json()["detail"]
+    r = api.post("/v1/jobs", data={"kind": "search"})
+    assert r.status_code == 422 and "image" in r.json()["detail"]
+    r = api.post("/v1/jobs", data={"kind": "mine-bitcoin"}, files=[("image", ("a.png", _png(), "image/png"))])
+    assert r.status_code == 422 and "kind" in r.json()["detail"]
+    r = api.post("/v1/jobs", data={"boxes": "[1,2]"}, files=[("image", ("a.png", _png(), "image/png"))])
+    assert r.status_code == 422 and "boxes" in r.json()["detail"]
+
+    zb = io.BytesIO()
+    with zipfile.ZipFile(zb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("cars/one.png", _png())
+        z.writestr("../../etc/evil.png", _png())
+        z.writestr("__MACOSX/cars/._one.png", b"resource fork")
+        z.writestr("notes.txt", "hello")
+        z.writestr("huge.png", b"\0" * (3 * 2**20))   # compresses to almost nothing: a small bomb
+    import os
+
+    os.environ["SHAPESEARCH_MAX_UPLOAD_BYTES"] = str(2**20)
+    from shape_library import settings
+
+    settings.get_settings.cache_clear()
+    try:
+        r = api.post("/v1/jobs", files={"archive": ("batch.zip", zb.getvalue(), "application/zip")})
+    finally:
+        del os.environ["SHAPESEARCH_MAX_UPLOAD_BYTES"]
+        settings.get_settings.cache_clear()
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["progress"]["total"] == 1
+    skipped = " | ".join(body["skipped"])
+    assert "../../etc/evil.png: unsafe path" in skipped and "notes.txt: not a JPEG" in skipped
+    assert "huge.png: larger than" in skipped and "__MACOSX" not in skipped
+    assert api.get("/v1/jobs/0123").status_code == 404
+
+
+def test_search_batch_end_to_end_with_results_downloads_and_metrics(api, tmp_path):
+    # A mesh upload becomes an indexing job; the batch then searches the indexed shape for real.
+    buf = io.BytesIO()
+    marked_box().export(buf, file_type="ply")
+    r = api.post("/v1/shapes", files={"mesh": ("box.ply", buf.getvalue())}, data={"name": "marked box", "category": "misc"})
+    assert r.status_code == 201, r.text
+    shape = r.json()
+    assert shape["created"] and shape["job_id"]
+    index_job = _poll(api, shape["job_id"])
+    assert index_job["status"] == "done" and index_job["results"][0]["result"]["views"] == 2541
+    assert api.get("/v1/shapes").json()[0]["indexed"] is True
+    again = api.post("/v1/shapes", files={"mesh": ("box.ply", buf.getvalue())}, data={"name": "x", "category": "misc"})
+    assert again.status_code == 200 and again.json()["created"] is False and again.json()["job_id"] is None
+
+    posted_before = _metric(api.get("/metrics").text, 'shapesearch_http_requests_total{method="POST",route="/v1/jobs",status="202"}')
+    files = [("image", (f"p{i}.png", _png((40 * i, 90, 200)), "image/png")) for i in range(3)]
+    files.append(("image", ("readme.txt", b"hello", "text/plain")))
+    r = api.post("/v1/jobs", files=files, data={"top_k": "2", "boxes": json.dumps({"p1.png": "10,10,80,70"})},
+                 headers={"Idempotency-Key": "batch-1"})
+    assert r.status_code == 202, r.text
+    jid = r.json()["job_id"]
+    assert r.json()["skipped"] == ["readme.txt: not a JPEG, PNG or WebP image"]
+    same = api.post("/v1/jobs", files=files, headers={"Idempotency-Key": "batch-1"})
+    assert same.status_code == 200 and same.json()["job_id"] == jid
+    body = _poll(api, jid)
+    assert body["status"] == "done" and body["progress"] == {"done": 3, "failed": 0, "cancelled": 0, "total": 3, "fraction": 1.0}
+    assert [it["name"] for it in body["results"]] == ["p0.png", "p1.png", "p2.png"]
+    for it in body["results"]:
+        assert it["attempts"] == 1 and len(it["result"]["matches"]) == 2
+        assert it["result"]["matches"][0]["shape_id"] == shape["id"]
+    assert body["results"][1]["result"]["bbox"] == [10, 10, 80, 70]
+    assert body["started_at"] and body["finished_at"]
+
+    csv_text = api.get(f"/v1/jobs/{jid}/results.csv").text.splitlines()
+    assert csv_text[0].startswith("index,name,status") and len(csv_text) == 1 + 3 * 2
+    assert api.get(f"/v1/jobs/{jid}/results.json").json()["results"][2]["name"] == "p2.png"
+    assert api.delete(f"/v1/jobs/{jid}").status_code == 409
+    assert any(j["job_id"] == jid for j in api.get("/v1/jobs").json())
+
+    metrics = api.get("/metrics").text
+    assert _metric(metrics, 'shapesearch_http_requests_total{method="POST",route="/v1/jobs",status="202"}') == posted_before + 1
+    assert _metric(metrics, 'shapesearch_http_request_seconds_count{method="POST",route="/v1/shapes"}') >= 2
+    assert 'shapesearch_jobs{state="done"} 2.0' in metrics and "shapesearch_queue_depth 0.0" in metrics
+    assert "shapesearch_index_views 2541.0" in metrics
+    assert 'route="/v1/jobs/{job_id}"' in metrics and jid not in metrics
+
+    thumb = api.get(f"/v1/shapes/{shape['id']}/thumbnail.png")
+    assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size == (160, 160)
+    assert api.delete(f"/v1/shapes/{shape['id']}").status_code == 200
+    assert api.get("/v1/shapes").json() == [] and api.delete(f"/v1/shapes/{shape['id']}").status_code == 404
+
+
+def test_cancelling_a_job_stops_its_queued_items(api, monkeypatch):
+    gate = threading.Event()
+
+    def slow(job, item):
+        gate.wait(10)
+        return {"idx": item.idx}
+
+    monkeypatch.setitem(items.HANDLERS, "search", slow)
+    r = api.post("/v1/jobs", files=[("image", (f"p{i}.png", _png(), "image/png")) for i in range(5)])
+    jid = r.json()["job_id"]
+    deadline = time.time() + 10
+    while api.get(f"/v1/jobs/{jid}").json()["status"] != "running" and time.time() < deadline:
+        time.sleep(0.05)
+    c = api.delete(f"/v1/jobs/{jid}")
+    assert c.status_code == 200 and c.json()["status"] == "cancelled"
+    gate.set()
+    time.sleep(0.5)
+    body = api.get(f"/v1/jobs/{jid}").json()
+    assert body["status"] == "cancelled" and body["progress"]["cancelled"] == 4 and body["progress"]["done"] == 1
