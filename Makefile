@@ -7,10 +7,13 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: run test venv sysdeps clean
+.PHONY: run test venv sysdeps sysdeps-test worker clean
 
 sysdeps:
-	@bash scripts/install_sysdeps.sh
+	@bash scripts/install_sysdeps.sh run
+
+sysdeps-test:
+	@bash scripts/install_sysdeps.sh test
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 1; }
@@ -26,7 +29,11 @@ venv: sysdeps $(VENV)/.installed
 run: venv
 	SHAPESEARCH_PORT=$(PORT) $(VENV)/bin/shapesearch serve --port $(PORT)
 
-test: venv
+# A Celery worker for the API's jobs (needs SHAPESEARCH_JOB_EXECUTOR=celery or REDIS_URL on both).
+worker: venv
+	$(VENV)/bin/shapesearch worker
+
+test: sysdeps-test venv
 	$(PY) -m pytest -q
 
 clean:

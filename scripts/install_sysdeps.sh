@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the renderer (EGL on Mesa llvmpipe) needs, only when absent.
+# Installs the Debian packages the project needs, only when absent.
+#   run:  the renderer (EGL on Mesa llvmpipe)
+#   test: also redis-server (the worker topology test) and Chromium + ChromeDriver (the web page test)
 set -euo pipefail
+pkgs=(libegl1 libegl-mesa0 libgl1-mesa-dri libgles2)
+if [ "${1:-run}" = "test" ]; then
+  pkgs+=(redis-server chromium chromium-driver)
+fi
 need=()
-for pkg in libegl1 libegl-mesa0 libgl1-mesa-dri libgles2; do
+for pkg in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -67,6 +67,16 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _cmd_worker(args) -> int:
+    """A Celery worker process: one item at a time (GL and torch stay in one thread); scale by processes."""
+    from worker.celery_app import app
+
+    name = args.name or "worker-%h-" + str(__import__("os").getpid())
+    app.worker_main(["worker", "-P", "solo", "-n", name, "-Q", "shapesearch", "-l", args.loglevel,
+                     "--without-gossip", "--without-mingle"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="shapesearch", description=__doc__)
@@ -81,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("list", help="list the catalog")
     s.add_argument("--category")
     s.set_defaults(fn=_cmd_list)
+
+    s = sub.add_parser("worker", help="a Celery worker (broker: REDIS_URL, else SQLite in the data folder)")
+    s.add_argument("--name", help="node name (default: worker-<host>-<pid>)")
+    s.add_argument("--loglevel", default="info")
+    s.set_defaults(fn=_cmd_worker)
 
     s = sub.add_parser("default-library", help="write the generated default library (glb + MANIFEST.json)")
     s.add_argument("--out", required=True)

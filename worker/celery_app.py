@@ -31,7 +31,8 @@ def make_app() -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # ride out a broker restart
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        # Redis only; on SQLite a lost task is found by the API's sweeper (see worker.dispatch).
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s} if settings.redis_url else {},
         worker_hijack_root_logger=False,
         task_default_queue="shapesearch",
     )
