@@ -47,7 +47,10 @@ class Match:
     pose_index: int | None    # grid pose, None once refined off the grid
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("shape_id", "category", "name", "azimuth", "elevation", "theta", "score", "pose_index")}
+        """As the API reports it: a regressed distance can dip below 0; it is shown as 0 (the order stays)."""
+        out = {k: getattr(self, k) for k in ("shape_id", "category", "name", "azimuth", "elevation", "theta", "pose_index")}
+        out["score"] = max(0.0, float(self.score))
+        return out
 
 
 @dataclass

@@ -849,7 +849,6 @@
       watchJob(job.job_id, job);
       loadJobList();
     } catch (err) {
-      $("#batch-form-status").textContent = "Not started.";
       showError(errorMessage(err), "Could not start the batch");
       renderQueue();
       $("#batch-form-status").textContent = "Not started.";
@@ -903,11 +902,11 @@
     bar.style.width = `${(100 * frac).toFixed(1)}%`;
     bar.setAttribute("aria-valuenow", (100 * frac).toFixed(0));
     bar.dataset.fraction = String(frac);
-    $("#job-counts").textContent = `${p.done ?? 0} done · ${p.failed ?? 0} failed · ${p.total ?? "?"} total (${fmtPct(frac)})`;
+    $("#job-counts").textContent = `${p.done ?? 0} done · ${p.failed ?? 0} failed${p.cancelled ? ` · ${p.cancelled} cancelled` : ""} · ${p.total ?? "?"} total (${fmtPct(frac)})`;
     $("#job-cancel").disabled = TERMINAL.has(job.status);
     const skipped = Array.isArray(job.skipped) ? job.skipped : [];
     $("#job-skipped").hidden = !skipped.length;
-    $("#job-skipped").textContent = skipped.length ? `Skipped (not images): ${skipped.join(", ")}` : "";
+    $("#job-skipped").textContent = skipped.length ? `Skipped: ${skipped.join("; ")}` : "";
     $("#job-error").hidden = !job.error;
     $("#job-error").textContent = job.error ? `Job error: ${job.error}` : "";
     if (!Array.isArray(job.results)) return;
@@ -926,8 +925,9 @@
         el("td", { class: "item-best", text: best ? `${best.name} (${best.category}) az ${fmt1(best.azimuth)}° el ${fmt1(best.elevation)}° θ ${fmt1(best.theta)}°` : "" }),
         scoreCell);
     });
-    if (job.results.length > LIMIT) {
-      rows.push(el("tr", { class: "more" }, el("td", { colspan: "5", class: "muted", text: `… ${job.results.length - LIMIT} more items: download the results.` })));
+    const more = Math.max(job.results.length, typeof p.total === "number" ? p.total : 0) - rows.length;
+    if (more > 0) {
+      rows.push(el("tr", { class: "more" }, el("td", { colspan: "5", class: "muted", text: `… ${more} more items: download the results for all of them.` })));
     }
     $("#job-items").replaceChildren(...rows);
   }
@@ -990,6 +990,7 @@
     $("#api-key").addEventListener("input", () => {
       try { localStorage.setItem(API_KEY_STORAGE, apiKey()); } catch (_) { /* storage off */ }
     });
+    $("#api-key-form").addEventListener("submit", (e) => e.preventDefault());
     $("#error-close").addEventListener("click", clearError);
 
     // navigation
