@@ -71,7 +71,7 @@ def _cmd_worker(args) -> int:
     """A Celery worker process: one item at a time (GL and torch stay in one thread); scale by processes."""
     from worker.celery_app import app
 
-    name = args.name or "worker-%h-" + str(__import__("os").getpid())
+    name = args.name or "worker@%h"  # %h: the host (the container in compose), what the healthcheck pings
     app.worker_main(["worker", "-P", "solo", "-n", name, "-Q", "shapesearch", "-l", args.loglevel,
                      "--without-gossip", "--without-mingle"])
     return 0
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=_cmd_list)
 
     s = sub.add_parser("worker", help="a Celery worker (broker: REDIS_URL, else SQLite in the data folder)")
-    s.add_argument("--name", help="node name (default: worker-<host>-<pid>)")
+    s.add_argument("--name", help="node name (default: worker@<host>)")
     s.add_argument("--loglevel", default="info")
     s.set_defaults(fn=_cmd_worker)
 
