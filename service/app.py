@@ -13,7 +13,7 @@ from shape_library.images import InputRejected
 from shape_library.meshes import MeshError
 
 from .metrics import MetricsMiddleware, metrics_response
-from .routers import health, jobs, search, shapes
+from .routers import health, jobs, rotation, search, shapes, viewpoint
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -43,7 +43,21 @@ def create_app() -> FastAPI:
     app.include_router(shapes.router)
     app.include_router(search.router)
     app.include_router(jobs.router)
-    app.add_middleware(MetricsMiddleware)
+    app.include_router(viewpoint.router)
+    app.include_router(rotation.router)
+    from shape_library.settings import get_settings
+
+    from .security import RateLimitMiddleware
+
+    settings = get_settings()
+    if settings.rate_limit_per_minute > 0:
+        app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["X-API-Key", "Authorization", "Idempotency-Key", "Content-Type"])
+    app.add_middleware(MetricsMiddleware)  # outermost: counts the 429s too
 
     @app.get("/metrics", include_in_schema=True, tags=["health"], summary="Prometheus metrics")
     def metrics():

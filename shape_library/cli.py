@@ -77,6 +77,23 @@ def _cmd_worker(args) -> int:
     return 0
 
 
+def _cmd_api_key(args) -> int:
+    from service.security import key_store
+
+    store = key_store()
+    if args.action == "add":
+        print(store.add(args.name))
+        print(f"# key {args.name!r} stored hashed in {store.path}; this is the only time it is shown", file=sys.stderr)
+    elif args.action == "remove":
+        if not store.remove(args.name):
+            print(f"no key named {args.name!r}", file=sys.stderr)
+            return 1
+    else:
+        for r in store.records():
+            print(r.name)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="shapesearch", description=__doc__)
@@ -91,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("list", help="list the catalog")
     s.add_argument("--category")
     s.set_defaults(fn=_cmd_list)
+
+    s = sub.add_parser("api-key", help="add, remove or list API keys (stored hashed) for the write endpoints")
+    s.add_argument("action", choices=["add", "remove", "list"])
+    s.add_argument("name", nargs="?", default="")
+    s.set_defaults(fn=_cmd_api_key)
 
     s = sub.add_parser("worker", help="a Celery worker (broker: REDIS_URL, else SQLite in the data folder)")
     s.add_argument("--name", help="node name (default: worker@<host>)")

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     render_backend: str = Field("egl", description="pyrender platform: 'egl' or 'osmesa'")
     render_size: int = Field(128, ge=16, le=1024, description="side of grid renderings, pixels")
     matching_weights: Path = Field(REPO_ROOT / "models" / "weights" / "matching.pt", description="shipped matching network")
+    viewpoint_weights: Path = Field(REPO_ROOT / "models" / "weights" / "viewpoint.pt", description="shipped S1 viewpoint model")
+    rotation_weights: Path = Field(REPO_ROOT / "models" / "weights" / "rotation.pt", description="shipped S3 rotation model")
+
+    # Viewpoint prior in the search (measured by `python -m models.eval_prior`; None = off by default).
+    search_prior_radius_deg: float | None = Field(None, gt=0, le=180, description="score only grid poses this close to the S1 viewpoint")
+    search_prior_flips: bool = Field(True, description="also keep the poses near the front/back flip of the S1 viewpoint")
 
     # Service.
     index_on_start: bool = Field(True, description="build missing view index and codes in the background on start")
@@ -59,6 +65,14 @@ class Settings(BaseSettings):
     max_job_items: int = Field(10_000, ge=1, description="images per job")
     max_archive_bytes: int = Field(2 * 2**30, ge=1, description="zip size, compressed and uncompressed")
 
+    # Access.
+    api_keys_file: Path | None = Field(None, description="hashed API keys (JSON); data_dir/api_keys.json when unset")
+    api_key_hashes: str | None = Field(None, description="extra keys as 'name:sha256hex,...' (e.g. from a secret store)")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty = CORS off")
+    rate_limit_per_minute: float = Field(1200, ge=0, description="requests per minute per client on /v1 (0 = off)")
+    rate_limit_burst: int = Field(120, ge=1)
+    max_inflight_searches: int = Field(8, ge=1, description="searches computing at once; more get 503 + Retry-After")
+
     # Limits on untrusted input.
     max_faces: int = Field(500_000, ge=1, description="reject meshes with more faces")
     max_mesh_bytes: int = Field(100 * 2**20, ge=1)
@@ -80,6 +94,10 @@ class Settings(BaseSettings):
     @property
     def default_library_dir(self) -> Path:
         return self.data_dir / "default_library"
+
+    @property
+    def api_keys_path(self) -> Path:
+        return self.api_keys_file or self.data_dir / "api_keys.json"
 
     @property
     def jobs_dir(self) -> Path:

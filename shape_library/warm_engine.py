@@ -40,3 +40,70 @@ def get_engine():
 def reset_engine() -> None:
     with _build_lock:
         _engine.cache_clear()
+
+
+@lru_cache(maxsize=1)
+def _viewpoint_model():
+    from models import checkpoint
+    from models import viewpoint  # noqa: F401  (registers the model)
+
+    settings = get_settings()
+    if not settings.viewpoint_weights.is_file():
+        return None
+    model, _ = checkpoint.load(settings.viewpoint_weights, settings.torch_device())
+    return model
+
+
+def get_viewpoint_model():
+    """The S1 viewpoint model, or None when its weights are absent."""
+    with _build_lock:
+        return _viewpoint_model()
+
+
+@lru_cache(maxsize=4)
+def _grid_rotations(n_a: int, n_e: int, n_t: int):
+    from models.pairs import grid_rotations
+
+    from .grid import PoseGrid
+
+    return grid_rotations(PoseGrid(n_a, n_e, n_t)).double()
+
+
+def prior_subset(engine, image, box, category: str | None, radius_deg: float, flips: bool = True):
+    """Grid poses near the S1 viewpoint prediction (and its front/back flip): the only ones the
+    search then scores. None when there is no viewpoint model."""
+    import numpy as np
+
+    from models.viewpoint import poses_near
+
+    from .search import photo_crop, photos_to_tensor
+
+    model = get_viewpoint_model()
+    if model is None:
+        return None
+    grid = engine.grid
+    crop, _ = photo_crop(image, box, model.config.input_size, engine.views.config.margin)
+    x = photos_to_tensor(np.asarray(crop)[None]).to(next(model.parameters()).device)
+    pred, _ = model.predict(x, [category if category in model.names else None])
+    subset = poses_near(_grid_rotations(grid.n_azimuth, grid.n_elevation, grid.n_theta), pred[0].cpu(), radius_deg, flips)
+    if len(subset) == 0:
+        subset = np.array([int(grid.nearest_index(*pred[0].cpu().numpy()))])
+    return np.asarray(subset)
+
+
+@lru_cache(maxsize=1)
+def _rotation_model():
+    from models import checkpoint
+    from models import rotation  # noqa: F401  (registers the model)
+
+    settings = get_settings()
+    if not settings.rotation_weights.is_file():
+        return None
+    model, _ = checkpoint.load(settings.rotation_weights, settings.torch_device())
+    return model
+
+
+def get_rotation_model():
+    """The S3 rotation model, or None when its weights are absent."""
+    with _build_lock:
+        return _rotation_model()

@@ -101,6 +101,7 @@ def test_background_index_build_reports_progress(data_dir, tmp_path, monkeypatch
     from shape_library.bootstrap import library_from_settings
 
     monkeypatch.setenv("SHAPESEARCH_MATCHING_WEIGHTS", str(tmp_path / "absent.pt"))
+    monkeypatch.setenv("SHAPESEARCH_DEFAULT_LIBRARY", "false")
     from shape_library import settings
 
     settings.get_settings.cache_clear()

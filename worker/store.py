@@ -170,7 +170,7 @@ class JobStore:
         done, failed = counts.get("done", 0), counts.get("failed", 0)
         finished = done + failed + counts.get("cancelled", 0)
         return {
-            "job_id": job.id, "kind": job.kind, "status": job.status,
+            "job_id": job.id, "kind": job.kind, "status": job.status, "owner": job.owner,
             "progress": {"done": done, "failed": failed, "cancelled": counts.get("cancelled", 0), "total": job.total,
                          "fraction": round(finished / job.total, 4) if job.total else 1.0},
             "params": json.loads(job.params), "skipped": json.loads(job.skipped), "error": job.error,

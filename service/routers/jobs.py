@@ -6,7 +6,7 @@ import io
 import json
 import uuid
 
-from fastapi import APIRouter, File, Form, Header, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +18,7 @@ from worker.store import NewItem, open_store
 
 from ..job_inputs import InputWriter
 from ..schemas import ErrorOut
+from ..security import caller, key_store
 from ..uploads import parse_ids
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -47,6 +48,7 @@ class JobOut(BaseModel):
     status: str = Field(description="queued, running, done, failed or cancelled")
     progress: Progress
     params: dict = {}
+    owner: str | None = Field(None, description="name of the API key that submitted it")
     skipped: list[str] = Field([], description="uploaded files that were not images, with the reason")
     error: str | None = None
     created_at: str | None = None
@@ -117,6 +119,7 @@ async def create_job(
     refine: bool = Form(True),
     boxes: str | None = Form(None, description='JSON object {"file name": "x0,y0,x1,y1"}'),
     idempotency_key: str | None = Header(None, description="repeat a submission safely: the same key returns the same job"),
+    owner: str | None = Depends(caller),
 ) -> JSONResponse:
     settings = get_settings()
     jobs = _store()
@@ -125,6 +128,8 @@ async def create_job(
     params, box_map = _validated_params(kind, category, shape_ids, top_k, refine, boxes)
     job_id = uuid.uuid4().hex
     if kind in ("index", "reindex"):
+        if owner is None and key_store().enabled():
+            raise HTTPException(401, f"a {kind} job needs an API key (header X-API-Key)", headers={"WWW-Authenticate": "ApiKey"})
         if image or archive:
             raise HTTPException(422, f"a {kind} job takes no files")
         library = library_from_settings(settings)
@@ -138,7 +143,7 @@ async def create_job(
         else:
             ids = [s.id for s in library.shapes()]
         new_items = [NewItem(name=library.get(i).name, input=str(i)) for i in ids]
-        job_id, _ = jobs.create(kind, new_items, {}, idempotency_key=idempotency_key, job_id=job_id)
+        job_id, _ = jobs.create(kind, new_items, {}, idempotency_key=idempotency_key, job_id=job_id, owner=owner)
         dispatch.submit([(job_id, i) for i in range(len(new_items))])
         return JSONResponse(JobOut(**jobs.describe(jobs.get(job_id))).model_dump(), status_code=202)
 
@@ -162,7 +167,7 @@ async def create_job(
         new_items = [NewItem(name=n, input=f, params={"bbox": box_map[n]} if n in box_map else None)
                      for n, f in zip(writer.out.names, writer.out.files)]
         job_id, created = jobs.create("search", new_items, params, skipped=writer.out.skipped,
-                                      idempotency_key=idempotency_key, job_id=job_id)
+                                      idempotency_key=idempotency_key, job_id=job_id, owner=owner)
     except BaseException:
         writer.discard()
         raise
@@ -186,10 +191,16 @@ def get_job(job_id: str, offset: int = Query(0, ge=0), limit: int = Query(1000, 
     return JobOut(**_store().describe(job), results=_items_out(job_id, offset, limit))
 
 
-@router.delete("/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+@router.delete("/{job_id}", response_model=JobOut,
+               responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
                summary="Cancel: queued items are dropped, running ones finish")
-def cancel_job(job_id: str) -> JobOut:
+def cancel_job(job_id: str, who: str | None = Depends(caller)) -> JobOut:
     job = _job_or_404(job_id)
+    if key_store().enabled():
+        if who is None:
+            raise HTTPException(401, "cancelling needs an API key (header X-API-Key)", headers={"WWW-Authenticate": "ApiKey"})
+        if job.owner is not None and job.owner != who:
+            raise HTTPException(403, f"job {job_id} belongs to another key")
     if not _store().cancel(job_id):
         raise HTTPException(409, f"job {job_id} is already {job.status}")
     return JobOut(**_store().describe(_store().get(job_id)))

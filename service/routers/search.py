@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from shape_library.settings import get_settings
 
 from ..engine import engine_lock, get_engine
+from ..security import heavy
 from ..schemas import ErrorOut
 from ..uploads import decode_image, parse_bbox, parse_ids, read_upload
 
@@ -42,7 +43,7 @@ class SearchOut(BaseModel):
         "candidates": 60984, "photo_box": [10, 20, 200, 210], "overlay_png": None}]}}
 
 
-def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool):
+def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool, prior: bool | None = None):
     settings = get_settings()
     if not 1 <= top_k <= 100:
         raise HTTPException(422, "top_k must be between 1 and 100")
@@ -52,8 +53,24 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
     engine = get_engine()
     if category and category not in engine.library.catalog.categories():
         raise HTTPException(422, f"unknown category {category!r}; known: {', '.join(engine.library.catalog.categories())}")
-    with engine_lock:
-        result = engine.search(img, box, category=category or None, shape_ids=ids, top_k=top_k, refine=refine)
+    with heavy(), engine_lock:
+        subset, prior_ms = None, 0.0
+        if prior is None:
+            prior = settings.search_prior_radius_deg is not None
+        if prior:
+            import time
+
+            from shape_library.warm_engine import prior_subset
+
+            t0 = time.perf_counter()
+            subset = prior_subset(engine, img, box, category or None, settings.search_prior_radius_deg or 60.0,
+                                  settings.search_prior_flips)
+            prior_ms = (time.perf_counter() - t0) * 1000
+        result = engine.search(img, box, category=category or None, shape_ids=ids, top_k=top_k, refine=refine,
+                               pose_subset=subset)
+        if subset is not None:
+            result.timing_ms["viewpoint_prior"] = round(prior_ms, 2)
+            result.timing_ms["total"] = round(result.timing_ms["total"] + prior_ms, 2)
     if ids is not None and result.candidates == 0:
         raise HTTPException(422, "none of shape_ids is an indexed shape")
     return engine, img, result
@@ -69,11 +86,13 @@ async def search(
     top_k: int = Form(5),
     refine: bool = Form(True, description="evaluate finer poses around the best grid poses"),
     overlay: bool = Form(False, description="also return, per match, the overlay PNG as a data URL"),
+    prior: bool | None = Form(None, description="score only the poses near the S1 viewpoint prediction (and its "
+                              "front/back flip); default: on when the server sets a prior radius"),
 ) -> SearchOut:
     data = await read_upload(image, get_settings().max_upload_bytes)
     from starlette.concurrency import run_in_threadpool
 
-    engine, img, result = await run_in_threadpool(_run, data, bbox, category, shape_ids, top_k, refine)
+    engine, img, result = await run_in_threadpool(_run, data, bbox, category, shape_ids, top_k, refine, prior)
     matches = [MatchOut(**m.as_dict()) for m in result.matches]
     if overlay:
         def draw() -> list[str]:

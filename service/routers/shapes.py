@@ -14,6 +14,7 @@ from shape_library.meshes import MeshError
 from shape_library.settings import get_settings
 
 from ..deps import library_dep
+from ..security import require_writer
 from ..schemas import ErrorOut, ShapeOut
 from ..uploads import read_upload
 
@@ -69,13 +70,14 @@ def _queue_index_job(shape_id: int, name: str) -> str:
 
 
 @router.post("", response_model=ShapeCreatedOut, status_code=201,
-             responses={200: {"model": ShapeCreatedOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+             responses={200: {"model": ShapeCreatedOut}, 401: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
              summary="Add a mesh (glb/gltf/obj/ply/stl/off); its 2,541 views are indexed by a job")
 async def add_shape(
     mesh: UploadFile | None = File(None, description="the mesh file; its type is taken from the file name"),
     name: str = Form(..., description="display name"),
     category: str = Form(..., description="e.g. car, aeroplane, boat"),
     library: ShapeLibrary = Depends(library_dep),
+    _writer: str | None = Depends(require_writer),
 ) -> JSONResponse:
     settings = get_settings()
     data = await read_upload(mesh, settings.max_mesh_bytes, field="mesh")
@@ -96,9 +98,10 @@ async def add_shape(
     return JSONResponse(body.model_dump(), status_code=201 if added.created else 200)
 
 
-@router.delete("/{shape_id}", response_model=ShapeOut, responses={404: {"model": ErrorOut}},
+@router.delete("/{shape_id}", response_model=ShapeOut, responses={401: {"model": ErrorOut}, 404: {"model": ErrorOut}},
                summary="Remove a shape, its mesh and its views from the library and the index")
-def remove_shape(shape_id: int, library: ShapeLibrary = Depends(library_dep)) -> ShapeOut:
+def remove_shape(shape_id: int, library: ShapeLibrary = Depends(library_dep),
+                 _writer: str | None = Depends(require_writer)) -> ShapeOut:
     from shape_library import warm_engine
     from shape_library.bootstrap import view_index_from_settings
 
