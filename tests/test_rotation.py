@@ -44,26 +44,37 @@ def test_render_set_draws_each_rotation_it_reports(one_shape, tmp_path):
 
 
 @pytest.mark.parametrize("head", ["exp", "direct"])
-def test_a_tiny_model_learns_rotations_of_one_shape(one_shape, tmp_path, head):
+def test_a_tiny_model_learns_rotations_of_one_shape(one_shape, head):
+    """Camera going round the shape (azimuth free, a little elevation): the full quaternion head learns it."""
+    from models.geometry import euler_to_matrix
+
     lib, sid = one_shape
-    train = render_set(lib, [sid], 256, seed=0, size=32)
-    test = render_set(lib, [sid], 32, seed=1, size=32)
+    rng = np.random.default_rng(0)
+
+    def views(n):
+        az = rng.uniform(0, 360, n)
+        with Renderer(32) as r:
+            imgs = np.stack([r.render(lib.mesh(sid), a, 15.0, 0.0).color[..., 0] for a in az])
+        R = euler_to_matrix(torch.deg2rad(torch.tensor(az)), torch.deg2rad(torch.tensor(15.0)), torch.tensor(0.0))
+        return imgs, R.float()
+
+    xtr, Rtr = views(192)
+    xte, Rte = views(32)
     torch.manual_seed(0)
     model = RotationNet(RotationConfig(input_size=32, widths=(8, 16, 16, 16, 16), hidden=64, head=head, dropout=0.0))
     opt = torch.optim.Adam(model.parameters(), 3e-3)
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        idx = rng.integers(0, 256, 64)
-        loss = model.loss(to_tensor(train["images"][idx]), torch.from_numpy(train["rotations"][idx]))
+    for _ in range(250):
+        idx = rng.integers(0, len(xtr), 64)
+        loss = model.loss(to_tensor(xtr[idx]), Rtr[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
-    q, R = model.predict(to_tensor(test["images"]))
+    q, R = model.predict(to_tensor(xte))
     assert torch.allclose(q.norm(dim=1), torch.ones(32), atol=1e-4) and bool((q[:, 0] >= 0).all())
     assert torch.allclose(R, quaternion_to_matrix(q.double()).float(), atol=1e-5)
-    err = torch.rad2deg(geodesic_distance(R.double(), torch.from_numpy(test["rotations"]).double()))
-    assert float(err.median()) < 100, float(err.median())  # uniform guessing: ~126°
+    err = torch.rad2deg(geodesic_distance(R.double(), Rte.double()))
+    assert float(err.median()) < 45, float(err.median())  # guessing one rotation of the circle: ~90°
 
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="rotation weights not trained yet")

@@ -54,6 +54,7 @@ class Cluster:
             "SHAPESEARCH_ITEM_LEASE_S": "8",
             "SHAPESEARCH_REQUEUE_AFTER_S": "20",
             "SHAPESEARCH_SWEEP_INTERVAL_S": "1",
+            "SHAPESEARCH_RATE_LIMIT_PER_MINUTE": "0",  # these tests poll fast; limits are tested on their own
         }
 
     def log(self, name: str) -> Path:
