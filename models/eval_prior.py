@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     R_grid = grid_rotations(grid).double()
     cats = {s.id: s.category for s in library.shapes()}
     photos = list(generate(library, meta["train_shapes"], args.photos, args.seed, SyntheticConfig()))
+    photos.sort(key=lambda s: cats[s.shape_id])  # one candidate matrix per category
 
     settings = [("full", None, False)] + [(f"r{r}", r, False) for r in RADII] + [(f"r{r}+flip", r, True) for r in RADII]
     rows = {name: {"err": [], "frac": [], "ms": []} for name, _, _ in settings}
