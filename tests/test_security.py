@@ -115,3 +115,28 @@ def test_capacity_turns_overload_into_503_with_retry_after():
     assert exc.value.status_code == 503 and exc.value.headers["Retry-After"] == "1"
     with cap:  # released again
         pass
+
+
+def test_hostile_mesh_uploads_get_clear_4xx(data_dir, monkeypatch):
+    client = _app(monkeypatch, SHAPESEARCH_MAX_MESH_BYTES="100000", SHAPESEARCH_MAX_FACES="5000")
+    post = lambda fname, data, **form: client.post("/v1/shapes", files={"mesh": (fname, data)},  # noqa: E731
+                                                   data={"name": "x", "category": "misc", **form})
+    r = post("a.ply", b"ply\nformat garbage\n")
+    assert r.status_code == 422 and r.json()["detail"]
+    r = post("a.exe", b"MZ\x90\x00")
+    assert r.status_code == 415 and "unsupported mesh format" in r.json()["detail"]
+    r = post("a.obj", b"v 0 0 0\n" * 20000)
+    assert r.status_code == 413 and "larger than" in r.json()["detail"]
+    r = post("a.off", b"OFF\n3 1 0\n0 0 0\nnan 0 0\n0 1 0\n3 0 1 2\n")
+    assert r.status_code == 422
+    import trimesh
+
+    big = io.BytesIO()
+    trimesh.creation.icosphere(subdivisions=5).export(big, file_type="ply")   # 20,480 faces
+    r = client.post("/v1/shapes", files={"mesh": ("s.ply", big.getvalue())}, data={"name": "x", "category": "misc"})
+    assert r.status_code in (413, 422) and r.json()["detail"]
+    r = post("a.ply", _mesh(), name="\x00\x01")
+    assert r.status_code == 422 and "printable" in r.json()["detail"]
+    r = client.post("/v1/shapes", files={"mesh": ("a.ply", _mesh())}, data={"category": "misc"})
+    assert r.status_code == 422 and "name" in r.json()["detail"]
+    assert client.get("/v1/shapes").json() == []
