@@ -1,7 +1,13 @@
 """Request and response models of the v1 API."""
 from __future__ import annotations
 
+from typing import Annotated
+
+from fastapi import Path
 from pydantic import BaseModel, Field
+
+ShapeId = Annotated[int, Path(ge=0, le=2**62, description="shape id")]
+JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$", description="job id")]
 
 
 class ShapeOut(BaseModel):

@@ -17,7 +17,7 @@ from worker import dispatch
 from worker.store import NewItem, open_store
 
 from ..job_inputs import InputWriter
-from ..schemas import ErrorOut
+from ..schemas import ErrorOut, JobId
 from ..security import caller, key_store
 from ..uploads import parse_ids
 
@@ -186,7 +186,7 @@ def list_jobs(limit: int = Query(20, ge=1, le=500)) -> list[JobOut]:
 
 @router.get("/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}},
             summary="Status, progress and per-item results")
-def get_job(job_id: str, offset: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=10_000)) -> JobOut:
+def get_job(job_id: JobId, offset: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=10_000)) -> JobOut:
     job = _job_or_404(job_id)
     return JobOut(**_store().describe(job), results=_items_out(job_id, offset, limit))
 
@@ -194,7 +194,7 @@ def get_job(job_id: str, offset: int = Query(0, ge=0), limit: int = Query(1000, 
 @router.delete("/{job_id}", response_model=JobOut,
                responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
                summary="Cancel: queued items are dropped, running ones finish")
-def cancel_job(job_id: str, who: str | None = Depends(caller)) -> JobOut:
+def cancel_job(job_id: JobId, who: str | None = Depends(caller)) -> JobOut:
     job = _job_or_404(job_id)
     if key_store().enabled():
         if who is None:
@@ -207,7 +207,7 @@ def cancel_job(job_id: str, who: str | None = Depends(caller)) -> JobOut:
 
 
 @router.get("/{job_id}/results.json", summary="All results as a JSON download")
-def results_json(job_id: str) -> Response:
+def results_json(job_id: JobId) -> Response:
     job = _job_or_404(job_id)
     body = {**_store().describe(job), "results": [i.model_dump() for i in _items_out(job_id, 0, None)]}
     return Response(json.dumps(body, indent=1), media_type="application/json",
@@ -219,7 +219,7 @@ CSV_FIELDS = ["index", "name", "status", "error", "rank", "shape_id", "category"
 
 
 @router.get("/{job_id}/results.csv", summary="All results as CSV: one row per item and match")
-def results_csv(job_id: str) -> Response:
+def results_csv(job_id: JobId) -> Response:
     job = _job_or_404(job_id)
     buf = io.StringIO()
     w = csv.DictWriter(buf, CSV_FIELDS)

@@ -15,7 +15,7 @@ from shape_library.settings import get_settings
 
 from ..deps import library_dep
 from ..security import require_writer
-from ..schemas import ErrorOut, ShapeOut
+from ..schemas import ErrorOut, ShapeId, ShapeOut
 from ..uploads import read_upload
 
 router = APIRouter(prefix="/v1/shapes", tags=["shapes"])
@@ -30,7 +30,7 @@ def list_shapes(
 
 
 @router.get("/{shape_id}", response_model=ShapeOut, responses={404: {"model": ErrorOut}})
-def get_shape(shape_id: int, library: ShapeLibrary = Depends(library_dep)) -> ShapeOut:
+def get_shape(shape_id: ShapeId, library: ShapeLibrary = Depends(library_dep)) -> ShapeOut:
     shape = library.get(shape_id)
     if shape is None:
         raise HTTPException(404, f"no shape with id {shape_id}")
@@ -43,7 +43,7 @@ def get_shape(shape_id: int, library: ShapeLibrary = Depends(library_dep)) -> Sh
     responses={200: {"content": {"model/gltf-binary": {}}}, 404: {"model": ErrorOut}},
     summary="The normalised mesh (library frame) as binary glTF",
 )
-def get_mesh(shape_id: int, library: ShapeLibrary = Depends(library_dep)) -> Response:
+def get_mesh(shape_id: ShapeId, library: ShapeLibrary = Depends(library_dep)) -> Response:
     shape = library.get(shape_id)
     if shape is None:
         raise HTTPException(404, f"no shape with id {shape_id}")
@@ -100,7 +100,7 @@ async def add_shape(
 
 @router.delete("/{shape_id}", response_model=ShapeOut, responses={401: {"model": ErrorOut}, 404: {"model": ErrorOut}},
                summary="Remove a shape, its mesh and its views from the library and the index")
-def remove_shape(shape_id: int, library: ShapeLibrary = Depends(library_dep),
+def remove_shape(shape_id: ShapeId, library: ShapeLibrary = Depends(library_dep),
                  _writer: str | None = Depends(require_writer)) -> ShapeOut:
     from shape_library import warm_engine
     from shape_library.bootstrap import view_index_from_settings
@@ -121,7 +121,7 @@ def remove_shape(shape_id: int, library: ShapeLibrary = Depends(library_dep),
 @router.get("/{shape_id}/thumbnail.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorOut}},
             summary="A grey rendering of the shape from the front-left, above")
-def thumbnail(shape_id: int, size: int = Query(160, ge=32, le=512),
+def thumbnail(shape_id: ShapeId, size: int = Query(160, ge=32, le=512),
               library: ShapeLibrary = Depends(library_dep)) -> Response:
     shape = library.get(shape_id)
     if shape is None:
