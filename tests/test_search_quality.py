@@ -112,3 +112,35 @@ def test_api_search_returns_contract_fields(engine_env, photos, monkeypatch):
     settings.get_settings.cache_clear()
     library.open_library.cache_clear()
     service_engine.reset_engine()
+
+
+def test_api_search_with_the_viewpoint_prior_scores_a_fraction_of_the_candidates(engine_env, photos, monkeypatch):
+    from models.checkpoint import WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / "viewpoint.pt").is_file():
+        pytest.skip("no viewpoint weights")
+    data, _, _ = engine_env
+    from service import engine as service_engine
+    from shape_library import library, settings
+
+    monkeypatch.setenv("SHAPESEARCH_DATA_DIR", str(data))
+    settings.get_settings.cache_clear()
+    library.open_library.cache_clear()
+    service_engine.reset_engine()
+    from service.app import create_app
+
+    client = TestClient(create_app())
+    p = photos[1]
+    buf = io.BytesIO()
+    Image.fromarray(p.image).save(buf, "PNG")
+    bbox = ",".join(f"{v:.0f}" for v in p.box)
+    post = lambda **form: client.post("/v1/search", files={"image": ("p.png", buf.getvalue(), "image/png")},  # noqa: E731
+                                      data={"bbox": bbox, "refine": "false", **form}).json()
+    full, pruned, default = post(prior="false"), post(prior="true"), post()
+    assert full["candidates"] == 3 * 2541 and "viewpoint_prior" not in full["timing_ms"]
+    assert 0 < pruned["candidates"] < full["candidates"] / 10 and "viewpoint_prior" in pruned["timing_ms"]
+    assert default["candidates"] == pruned["candidates"]        # the default library's categories all have heads
+    assert pruned["candidates"] % 3 == 0                        # the same poses of every shape
+    settings.get_settings.cache_clear()
+    library.open_library.cache_clear()
+    service_engine.reset_engine()

@@ -103,3 +103,20 @@ def test_viewpoint_endpoint(data_dir):
     bad = client.post("/v1/viewpoint", files={"image": ("p.png", buf.getvalue(), "image/png")}, data={"category": "teapot"})
     assert bad.status_code == 422 and "teapot" in bad.json()["detail"]
     assert client.post("/v1/viewpoint", files={"image": ("p.png", b"zz", "image/png")}).status_code == 415
+
+
+def test_poses_near_keeps_the_grid_poses_around_the_prediction_and_its_flip():
+    from models.pairs import grid_rotations
+    from models.viewpoint import poses_near
+    from shape_library.grid import PoseGrid
+
+    grid = PoseGrid()
+    R = grid_rotations(grid).double()
+    pred = torch.tensor([100.0, 10.0, 5.0])
+    near = set(poses_near(R, pred, 30.0, flips=False).tolist())
+    both = set(poses_near(R, pred, 30.0, flips=True).tolist())
+    assert int(grid.nearest_index(100.0, 10.0, 5.0)) in near and near < both
+    assert int(grid.nearest_index(280.0, 10.0, 5.0)) in both - near
+    err = geodesic_deg(torch.from_numpy(grid.poses(np.array(sorted(near)))).double(), pred.double()[None].expand(len(near), 3))
+    assert float(err.max()) <= 30.0 + 1e-6
+    assert len(poses_near(R, pred, 180.0, flips=False)) == len(grid)

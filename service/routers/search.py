@@ -43,6 +43,21 @@ class SearchOut(BaseModel):
         "candidates": 60984, "photo_box": [10, 20, 200, 210], "overlay_png": None}]}}
 
 
+def _prior_covers(engine, category: str | None, ids: list[int] | None) -> bool:
+    from shape_library import warm_engine
+
+    model = warm_engine.get_viewpoint_model()
+    if model is None:
+        return False
+    known = set(model.names[:-1])
+    if category:
+        return category in known
+    shapes = engine.library.shapes()
+    if ids is not None:
+        shapes = [s for s in shapes if s.id in set(ids)]
+    return bool(shapes) and all(s.category in known for s in shapes)
+
+
 def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool, prior: bool | None = None):
     settings = get_settings()
     if not 1 <= top_k <= 100:
@@ -55,8 +70,8 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
         raise HTTPException(422, f"unknown category {category!r}; known: {', '.join(engine.library.catalog.categories())}")
     with heavy(), engine_lock:
         subset, prior_ms = None, 0.0
-        if prior is None:
-            prior = settings.search_prior_radius_deg is not None
+        if prior is None:  # by default only where the viewpoint model knows every category searched
+            prior = settings.search_prior_radius_deg is not None and _prior_covers(engine, category, ids)
         if prior:
             import time
 
