@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SHAPESEARCH_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SHAPESEARCH_", env_file=".env", extra="ignore", env_parse_none_str="none")
 
     # Where things live.
     data_dir: Path = Field(REPO_ROOT / "var", description="catalog, normalised meshes, index, jobs")
