@@ -93,11 +93,12 @@ def _presented(x_api_key: str | None, authorization: str | None) -> str | None:
 
 def caller(x_api_key: str | None = Header(None, description="API key (write endpoints, when keys are configured)"),
            authorization: str | None = Header(None, include_in_schema=False)) -> str | None:
-    """The key's name when a valid key is presented, None when none is; 401 for a wrong key."""
+    """The key's name when a valid key is presented, None when none is (or no keys exist); 401 for a wrong key."""
     key = _presented(x_api_key, authorization)
-    if key is None:
+    store = key_store()
+    if key is None or not store.enabled():  # no keys configured: access control is off, a key means nothing
         return None
-    name = key_store().lookup(key)
+    name = store.lookup(key)
     if name is None:
         raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "ApiKey"})
     return name

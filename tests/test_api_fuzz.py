@@ -1,31 +1,41 @@
 """Fuzz every operation of the OpenAPI schema (schemathesis): no input may produce a server error.
 
 503 is allowed only as the documented "busy / model missing" answer, with a detail."""
-import os
-
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 
+from shape_library import settings as _settings  # noqa: E402
 
-def _app(tmp):
-    os.environ.update({"SHAPESEARCH_DATA_DIR": str(tmp), "SHAPESEARCH_INDEX_ON_START": "false",
-                       "SHAPESEARCH_DEFAULT_LIBRARY": "false", "SHAPESEARCH_RATE_LIMIT_PER_MINUTE": "0",
-                       "SHAPESEARCH_JOB_EXECUTOR": "thread"})
-    from shape_library import library, settings as s
+ENV = {"SHAPESEARCH_INDEX_ON_START": "false", "SHAPESEARCH_DEFAULT_LIBRARY": "false",
+       "SHAPESEARCH_RATE_LIMIT_PER_MINUTE": "0", "SHAPESEARCH_JOB_EXECUTOR": "thread"}
 
-    s.get_settings.cache_clear()
-    library.open_library.cache_clear()
+
+def _app():
+    """Built once for the schema, under the fuzz settings, leaving the environment as it was."""
     from service.app import create_app
 
-    return create_app()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in ENV.items():
+            mp.setenv(k, v)
+        _settings.get_settings.cache_clear()
+        app = create_app()
+    _settings.get_settings.cache_clear()
+    return app
 
 
-import tempfile  # noqa: E402
+schema = schemathesis.openapi.from_asgi("/openapi.json", _app())
 
-_TMP = tempfile.mkdtemp(prefix="shapesearch-fuzz-")
-schema = schemathesis.openapi.from_asgi("/openapi.json", _app(_TMP))
+
+@pytest.fixture(autouse=True)
+def fuzz_env(data_dir, monkeypatch):
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr("worker.dispatch.submit", lambda pairs: None)  # jobs stay queued: no rendering while fuzzing
+    _settings.get_settings.cache_clear()
+    yield
+    _settings.get_settings.cache_clear()
 
 
 @schema.parametrize()
