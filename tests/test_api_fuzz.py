@@ -12,20 +12,24 @@ ENV = {"SHAPESEARCH_INDEX_ON_START": "false", "SHAPESEARCH_DEFAULT_LIBRARY": "fa
        "SHAPESEARCH_RATE_LIMIT_PER_MINUTE": "0", "SHAPESEARCH_JOB_EXECUTOR": "thread"}
 
 
-def _app():
-    """Built once for the schema, under the fuzz settings, leaving the environment as it was."""
+def _schema():
+    """App and schema built once under the fuzz settings (loading the schema runs the app's start-up,
+    which must not index anything), leaving the environment as it was."""
+    import tempfile
+
     from service.app import create_app
 
     with pytest.MonkeyPatch.context() as mp:
         for k, v in ENV.items():
             mp.setenv(k, v)
+        mp.setenv("SHAPESEARCH_DATA_DIR", tempfile.mkdtemp(prefix="shapesearch-fuzz-"))
         _settings.get_settings.cache_clear()
-        app = create_app()
+        loaded = schemathesis.openapi.from_asgi("/openapi.json", create_app())
     _settings.get_settings.cache_clear()
-    return app
+    return loaded
 
 
-schema = schemathesis.openapi.from_asgi("/openapi.json", _app())
+schema = _schema()
 
 
 @pytest.fixture(autouse=True)
