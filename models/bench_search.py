@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .reports import replace_block
 from . import checkpoint
 from . import matching  # noqa: F401
 
@@ -162,11 +163,7 @@ def main(argv=None) -> int:
     md += "".join(f"| {a} | {b:,} | {c:.1f} | {d:.0f} |\n" for a, b, c, d in scale)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(md)
-    if args.readme.is_file():
-        text = args.readme.read_text()
-        a, b = "<!-- bench-search -->", "<!-- /bench-search -->"
-        if a in text and b in text:
-            args.readme.write_text(text[: text.index(a) + len(a)] + "\n" + md + text[text.index(b):])
+    replace_block("bench-search", md, args.readme)
     print(md)
     return 0
 

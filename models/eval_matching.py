@@ -22,6 +22,7 @@ from shape_library.grid import PoseGrid
 from shape_library.index import ViewIndex, ViewIndexConfig
 from shape_library.search import SearchEngine, photo_crop, photos_to_tensor
 
+from .reports import replace_block
 from . import checkpoint, geometry
 from . import matching  # noqa: F401
 from .pairs import pose_rotations
@@ -288,12 +289,7 @@ def write_reports(results: dict, args) -> None:
     args.out.write_text(md)
     write_model_card(Path(results["weights"]), md, results.get("no_match", {}))
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    if args.readme.is_file():
-        text = args.readme.read_text()
-        a, b = "<!-- eval-matching -->", "<!-- /eval-matching -->"
-        if a in text and b in text:
-            text = text[: text.index(a) + len(a)] + "\n" + md + text[text.index(b):]
-            args.readme.write_text(text)
+    replace_block("eval-matching", md, args.readme)
     print(md)
 
 

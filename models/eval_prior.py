@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from shape_library.features import FeatureIndex
 from shape_library.index import ViewIndex, ViewIndexConfig
 from shape_library.search import SearchEngine, photo_crop, photos_to_tensor
 
+from .reports import replace_block
 from . import checkpoint
 from . import matching, viewpoint  # noqa: F401  (registers the models)
 from .eval_matching import _rot_err
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     _plot(summary, REPO / "docs" / "viewpoint_prior.png")
     block = _table(out)
     (REPO / "docs" / "viewpoint_prior.md").write_text(block)
-    _readme(block)
+    replace_block("viewpoint-prior", block)
     print(block)
     return 0
 
@@ -150,17 +150,6 @@ def _plot(summary: dict, path: Path) -> None:
     ax[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-
-def _readme(block: str, readme: Path = REPO / "README.md") -> None:
-    start, end = "<!-- viewpoint-prior -->", "<!-- /viewpoint-prior -->"
-    text = readme.read_text()
-    new = f"{start}\n{block}{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _m: new, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + new + "\n"
-    readme.write_text(text)
 
 
 if __name__ == "__main__":

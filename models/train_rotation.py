@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from shape_library.importers import import_folder
 from shape_library.library import ShapeLibrary
 from shape_library.settings import Settings
 
+from .reports import replace_block
 from . import checkpoint, registry
 from . import rotation  # noqa: F401  (registers the model)
 from .geometry import geodesic_distance, matrix_to_euler, random_rotations
@@ -116,15 +116,6 @@ def report(results: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(block: str, readme: Path = REPO / "README.md") -> None:
-    start, end = "<!-- eval-rotation -->", "<!-- /eval-rotation -->"
-    text = readme.read_text()
-    new = f"{start}\n{block}{end}"
-    text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _m: new, text, flags=re.S) if start in text \
-        else text.rstrip() + "\n\n" + new + "\n"
-    readme.write_text(text)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.train_rotation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,7 +182,7 @@ def run(args) -> dict:
             f"{meta['minutes_per_head']:.1f} min on {meta['hardware']}\n"
             f"- held-out shapes: median {r['median_deg']:.1f}°, Acc@π/6 {r['acc_pi6']:.3f}, Acc@π/12 {r['acc_pi12']:.3f}, "
             f"Acc@π/24 {r['acc_pi24']:.3f}\n- rerun: `{meta['command']}`\n\nFull table: docs/eval_rotation.md\n")
-        update_readme(block)
+        replace_block("eval-rotation", block)
     return results
 
 

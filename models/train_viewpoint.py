@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from shape_library.index import ViewIndexConfig
 
+from .reports import replace_block
 from . import checkpoint, registry
 from . import viewpoint  # noqa: F401  (registers the model)
 from .train_matching import CATEGORIES, jitter_crops, photo_set, prepare_library, shape_split
@@ -126,17 +126,6 @@ def write_reports(results: dict, meta: dict, out_md: Path) -> str:
     return text
 
 
-def update_readme(block: str, readme: Path = REPO / "README.md") -> None:
-    start, end = "<!-- eval-viewpoint -->", "<!-- /eval-viewpoint -->"
-    text = readme.read_text()
-    new = f"{start}\n{block}{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _m: new, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + new + "\n"
-    readme.write_text(text)
-
-
 def model_card(path: Path, meta: dict, results: dict) -> None:
     r = results["exp"]["known"]["all"]
     path.with_suffix(".json").write_text(json.dumps({**meta, "results": results}, indent=1))
@@ -208,7 +197,7 @@ def run(args) -> dict:
         model_card(args.out, meta, results)
         block = write_reports(results, meta, REPO / "docs" / "eval_viewpoint.md")
         (REPO / "docs" / "eval_viewpoint.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-        update_readme(block)
+        replace_block("eval-viewpoint", block)
     return results
 
 

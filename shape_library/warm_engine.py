@@ -42,22 +42,29 @@ def reset_engine() -> None:
         _engine.cache_clear()
 
 
-@lru_cache(maxsize=1)
-def _viewpoint_model():
-    from models import checkpoint
-    from models import viewpoint  # noqa: F401  (registers the model)
+@lru_cache(maxsize=4)
+def _weights(field: str):
+    """A shipped model named by its settings field (its registry entry is imported with `models`)."""
+    from models import checkpoint, rotation, viewpoint  # noqa: F401  (register the models)
 
     settings = get_settings()
-    if not settings.viewpoint_weights.is_file():
+    path = getattr(settings, field)
+    if not path.is_file():
         return None
-    model, _ = checkpoint.load(settings.viewpoint_weights, settings.torch_device())
+    model, _ = checkpoint.load(path, settings.torch_device())
     return model
 
 
 def get_viewpoint_model():
     """The S1 viewpoint model, or None when its weights are absent."""
     with _build_lock:
-        return _viewpoint_model()
+        return _weights("viewpoint_weights")
+
+
+def get_rotation_model():
+    """The S3 rotation model, or None when its weights are absent."""
+    with _build_lock:
+        return _weights("rotation_weights")
 
 
 @lru_cache(maxsize=4)
@@ -90,20 +97,3 @@ def prior_subset(engine, image, box, category: str | None, radius_deg: float, fl
         subset = np.array([int(grid.nearest_index(*pred[0].cpu().numpy()))])
     return np.asarray(subset)
 
-
-@lru_cache(maxsize=1)
-def _rotation_model():
-    from models import checkpoint
-    from models import rotation  # noqa: F401  (registers the model)
-
-    settings = get_settings()
-    if not settings.rotation_weights.is_file():
-        return None
-    model, _ = checkpoint.load(settings.rotation_weights, settings.torch_device())
-    return model
-
-
-def get_rotation_model():
-    """The S3 rotation model, or None when its weights are absent."""
-    with _build_lock:
-        return _rotation_model()

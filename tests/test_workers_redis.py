@@ -57,6 +57,26 @@ class Cluster:
             "SHAPESEARCH_RATE_LIMIT_PER_MINUTE": "0",  # these tests poll fast; limits are tested on their own
         }
 
+    @classmethod
+    def prepared(cls, tmp: Path, **env: str | None) -> "Cluster":
+        """A two-shape library with its index, as `shapesearch bootstrap` makes it; env None removes a variable."""
+        (tmp / "lib" / "misc").mkdir(parents=True)
+        marked_box().export(tmp / "lib" / "misc" / "marked_box.ply")
+        trimesh.creation.cone(0.5, 1.2).export(tmp / "lib" / "misc" / "cone.ply")
+        c = cls(tmp)
+        for k, v in env.items():
+            if v is None:
+                c.env.pop(k, None)
+            else:
+                c.env[k] = v
+        subprocess.run([sys.executable, "-m", "shape_library.cli", "bootstrap"], cwd=REPO, env=c.env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+        return c
+
+    def start_api(self) -> None:
+        self.start("api", [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(self.api_port)])
+        self.wait_for(lambda: self.api("GET", "/healthz").status_code == 200, 120, "api")
+
     def log(self, name: str) -> Path:
         return self.tmp / f"{name}.log"
 
@@ -125,20 +145,12 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cluster")
-    (tmp / "lib" / "misc").mkdir(parents=True)
-    marked_box().export(tmp / "lib" / "misc" / "marked_box.ply")
-    trimesh.creation.cone(0.5, 1.2).export(tmp / "lib" / "misc" / "cone.ply")
-    c = Cluster(tmp)
-    # The library and its index, as `shapesearch bootstrap` makes them for the whole topology.
-    subprocess.run([sys.executable, "-m", "shape_library.cli", "bootstrap"], cwd=REPO, env=c.env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    c = Cluster.prepared(tmp_path_factory.mktemp("cluster"))
     try:
         c.start_redis()
         c.start_worker("w1")
         c.start_worker("w2")
-        c.start("api", [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(c.api_port)])
-        c.wait_for(lambda: c.api("GET", "/healthz").status_code == 200, 120, "api")
+        c.start_api()
         yield c
     finally:
         c.stop()

@@ -20,6 +20,8 @@ from sqlalchemy import (Float, ForeignKey, Integer, String, Text, and_, create_e
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from shape_library.catalog import _sqlite_pragmas  # WAL and a busy timeout, as the catalog
+
 FINAL = ("done", "failed", "cancelled")
 KINDS = ("search", "index", "reindex")
 
@@ -72,13 +74,6 @@ class NewItem:
 
 def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat()
-
-
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
 
 
 class JobStore:
