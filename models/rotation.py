@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from .geometry import matrix_to_quaternion, quaternion_to_matrix, standardize_quaternion
-from .matching import MatchingNet, _stream
 from .registry import register
 from .spherical import S3_SIGNS, SphericalHead
+from .viewpoint import backbone_and_neck
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,7 @@ class RotationNet(nn.Module):
     def __init__(self, config: RotationConfig = RotationConfig()):
         super().__init__()
         self.config = config
-        self.backbone = _stream(1, config.widths)
-        s = MatchingNet.feature_size(config.input_size)
-        self.neck = nn.Sequential(nn.Flatten(), nn.Linear(config.widths[-1] * s * s, config.hidden), nn.ReLU(inplace=True),
-                                  nn.Dropout(config.dropout))
+        self.backbone, self.neck = backbone_and_neck(1, config)
         self.head = SphericalHead(config.hidden, S3_SIGNS, config.head)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

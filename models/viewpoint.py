@@ -52,14 +52,20 @@ def targets_to_angles(cs: Tensor, shift_deg: float) -> Tensor:
     return torch.stack([a, e, t], 1)
 
 
+def backbone_and_neck(in_channels: int, config) -> tuple[nn.Sequential, nn.Sequential]:
+    """The matching stream's topology (so it can start from those weights) and a dense layer to
+    `config.hidden` features; shared by the S1 and S3 regressors."""
+    s = MatchingNet.feature_size(config.input_size)
+    neck = nn.Sequential(nn.Flatten(), nn.Linear(config.widths[-1] * s * s, config.hidden), nn.ReLU(inplace=True),
+                         nn.Dropout(config.dropout))
+    return _stream(in_channels, config.widths), neck
+
+
 class ViewpointNet(nn.Module):
     def __init__(self, config: ViewpointConfig = ViewpointConfig()):
         super().__init__()
         self.config = config
-        self.backbone = _stream(3, config.widths)
-        s = MatchingNet.feature_size(config.input_size)
-        self.neck = nn.Sequential(nn.Flatten(), nn.Linear(config.widths[-1] * s * s, config.hidden), nn.ReLU(inplace=True),
-                                  nn.Dropout(config.dropout))
+        self.backbone, self.neck = backbone_and_neck(3, config)
         self.names = tuple(config.categories) + (ANY,)
         self.heads = nn.ModuleDict({
             self._key(c): nn.ModuleList(SphericalHead(config.hidden, S1_SIGNS, config.head) for _ in ANGLES) for c in self.names

@@ -76,18 +76,25 @@ def test_search_over_shapes_finds_pose_and_refinement_holds(engine_env, photos):
     assert acc_refined >= 0.15 and acc_refined >= acc_plain - 0.1, (acc_plain, acc_refined)
 
 
-def test_api_search_returns_contract_fields(engine_env, photos, monkeypatch):
-    data, _, _ = engine_env
+@pytest.fixture()
+def client(engine_env, monkeypatch):
+    """The API over the fixture's three indexed shapes, with the process caches reset around it."""
     from service import engine as service_engine
     from shape_library import library, settings
 
-    monkeypatch.setenv("SHAPESEARCH_DATA_DIR", str(data))
+    monkeypatch.setenv("SHAPESEARCH_DATA_DIR", str(engine_env[0]))
     settings.get_settings.cache_clear()
     library.open_library.cache_clear()
     service_engine.reset_engine()
     from service.app import create_app
 
-    client = TestClient(create_app())
+    yield TestClient(create_app())
+    settings.get_settings.cache_clear()
+    library.open_library.cache_clear()
+    service_engine.reset_engine()
+
+
+def test_api_search_returns_contract_fields(client, photos):
     p = photos[0]
     buf = io.BytesIO()
     Image.fromarray(p.image).save(buf, "JPEG", quality=90)
@@ -109,27 +116,13 @@ def test_api_search_returns_contract_fields(engine_env, photos, monkeypatch):
         assert r.status_code == code, (bad, r.text)
     r = client.post("/v1/search", files={"image": ("p.txt", b"hello", "text/plain")})
     assert r.status_code == 415
-    settings.get_settings.cache_clear()
-    library.open_library.cache_clear()
-    service_engine.reset_engine()
 
 
-def test_api_search_with_the_viewpoint_prior_scores_a_fraction_of_the_candidates(engine_env, photos, monkeypatch):
+def test_api_search_with_the_viewpoint_prior_scores_a_fraction_of_the_candidates(client, photos):
     from models.checkpoint import WEIGHTS_DIR
 
     if not (WEIGHTS_DIR / "viewpoint.pt").is_file():
         pytest.skip("no viewpoint weights")
-    data, _, _ = engine_env
-    from service import engine as service_engine
-    from shape_library import library, settings
-
-    monkeypatch.setenv("SHAPESEARCH_DATA_DIR", str(data))
-    settings.get_settings.cache_clear()
-    library.open_library.cache_clear()
-    service_engine.reset_engine()
-    from service.app import create_app
-
-    client = TestClient(create_app())
     p = photos[1]
     buf = io.BytesIO()
     Image.fromarray(p.image).save(buf, "PNG")
@@ -141,6 +134,3 @@ def test_api_search_with_the_viewpoint_prior_scores_a_fraction_of_the_candidates
     assert 0 < pruned["candidates"] < full["candidates"] / 10 and "viewpoint_prior" in pruned["timing_ms"]
     assert default["candidates"] == pruned["candidates"]        # the default library's categories all have heads
     assert pruned["candidates"] % 3 == 0                        # the same poses of every shape
-    settings.get_settings.cache_clear()
-    library.open_library.cache_clear()
-    service_engine.reset_engine()

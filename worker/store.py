@@ -13,14 +13,13 @@ import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from datetime import datetime, timezone
-from pathlib import Path
 
-from sqlalchemy import (Float, ForeignKey, Integer, String, Text, and_, create_engine, event, func, or_, select,
+from sqlalchemy import (Float, ForeignKey, Integer, String, Text, and_, func, or_, select,
                         update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from shape_library.catalog import _sqlite_pragmas  # WAL and a busy timeout, as the catalog
+from shape_library.catalog import sql_engine
 
 FINAL = ("done", "failed", "cancelled")
 KINDS = ("search", "index", "reindex")
@@ -78,11 +77,7 @@ def _iso(t: float | None) -> str | None:
 
 class JobStore:
     def __init__(self, url: str):
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.engine = sql_engine(url)  # SQLite: WAL and a 30 s busy timeout, as the catalog
         Base.metadata.create_all(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
