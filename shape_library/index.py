@@ -6,6 +6,12 @@ network's input size.  Features of the rendering stream are computed from these
 crops, so new weights need no re-rendering.  Files are keyed by a hash of
 everything that changes their content (grid, canvas, crop, renderer version): a
 changed key means the file is stale and gets rebuilt, other shapes stay.
+
+Each file is written atomically (`shape_library.atomic`) and carries a SHA-256 of its arrays, its
+shape id and its key: a truncated, altered or misplaced file is detected on load, logged, removed
+and rendered again from the shape's mesh in the catalog. A folder that cannot be written (disk
+full, read-only, no permission) raises `IndexWriteError` naming the folder and the cause, before
+any rendering is spent, and leaves the files already there untouched.
 """
 from __future__ import annotations
 
@@ -19,11 +25,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .atomic import IndexWriteError, atomic_write, probe_writable, record_write_error, remove_quietly, remove_stale_temp_files
 from .catalog import IndexStatus
 from .grid import DEFAULT_GRID, PoseGrid
-from .library import ShapeLibrary, atomic_write
+from .library import ShapeLibrary
 
 RENDERER_VERSION = "flat-normals-v1"
+FORMAT = 2  # 1: npz plus a .sha256 file beside it (still read); 2: the checksum inside the npz
 log = logging.getLogger(__name__)
 
 
@@ -68,11 +76,68 @@ def render_crops(renderer, mesh, poses: np.ndarray, config: ViewIndexConfig, des
     return crops, boxes
 
 
+class DamagedIndexFile(IOError):
+    """A stored index file failed its checks; it has been removed and will be rebuilt."""
+
+
+def _digest(meta: bytes, arrays: dict[str, np.ndarray]) -> bytes:
+    h = hashlib.sha256(meta)
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"|{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.digest()
+
+
+def encode_checked(meta: dict, arrays: dict[str, np.ndarray], compress: bool = True) -> bytes:
+    """An npz holding the arrays, `meta` (JSON) and the SHA-256 of both."""
+    meta_bytes = json.dumps(meta, sort_keys=True).encode()
+    buf = io.BytesIO()
+    save = np.savez_compressed if compress else np.savez
+    save(buf, **arrays, meta=np.frombuffer(meta_bytes, np.uint8),
+         sha256=np.frombuffer(_digest(meta_bytes, arrays), np.uint8))
+    return buf.getvalue()
+
+
+def decode_checked(data: bytes, names: tuple[str, ...], legacy_sha256: str | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays) of a file made by `encode_checked`; ValueError naming what is wrong.
+
+    A file of the first format (no checksum inside) is checked against `legacy_sha256`, the
+    SHA-256 of the whole file kept beside it; without one it is refused."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            members = set(z.files)
+            if "sha256" not in members:
+                if legacy_sha256 is None or legacy_sha256 != hashlib.sha256(data).hexdigest():
+                    raise ValueError("checksum missing or different (old format)")
+                return {}, {n: z[n] for n in names}
+            missing = [n for n in (*names, "meta") if n not in members]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)} in the file")
+            arrays = {n: z[n] for n in names}
+            meta_bytes = z["meta"].tobytes()
+            stored = z["sha256"].tobytes()
+    except ValueError:
+        raise
+    except Exception as exc:  # truncated zip, bad CRC, bad zlib stream, bad header ...
+        raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
+    if stored != _digest(meta_bytes, arrays):
+        raise ValueError("checksum mismatch")
+    try:
+        meta = json.loads(meta_bytes)
+    except ValueError:
+        raise ValueError("unreadable metadata") from None
+    return meta, arrays
+
+
 class ViewIndex:
     def __init__(self, root: Path, library: ShapeLibrary, config: ViewIndexConfig = ViewIndexConfig()):
         self.config = config
         self.root = Path(root) / config.key
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # reading what is there still works; writing says why it cannot
+            log.error("%s", IndexWriteError("view index", self.root, exc))
         self.library = library
 
     def path(self, shape_id: int) -> Path:
@@ -80,6 +145,15 @@ class ViewIndex:
 
     def has(self, shape_id: int) -> bool:
         return self.path(shape_id).is_file()
+
+    def ensure_writable(self) -> None:
+        """Raise IndexWriteError now, rather than after rendering, when the folder cannot take a file."""
+        try:
+            probe_writable(self.root)
+        except OSError as exc:
+            err = IndexWriteError("view index", self.root, exc)
+            record_write_error(err)
+            raise err from exc
 
     def render_shape(self, shape_id: int, renderer=None, progress: bool = True) -> ShapeViews:
         from .render import Renderer
@@ -90,52 +164,104 @@ class ViewIndex:
                                     desc=f"render shape {shape_id}" if progress else None)
         return ShapeViews(shape_id, poses, boxes, crops)
 
-    def build(self, shape_id: int, renderer=None, progress: bool = True) -> ShapeViews:
-        self.library.set_status(shape_id, IndexStatus.indexing)
+    def _set_status(self, shape_id: int, status: IndexStatus, key: str | None = None, quiet: bool = False) -> None:
         try:
+            self.library.set_status(shape_id, status, key)
+        except Exception as exc:
+            if not quiet:
+                raise
+            log.error("could not record shape %s as %s in the catalog: %s", shape_id, status.value, exc)
+
+    def build(self, shape_id: int, renderer=None, progress: bool = True) -> ShapeViews:
+        try:
+            self.ensure_writable()
+            self._set_status(shape_id, IndexStatus.indexing)
             views = self.render_shape(shape_id, renderer, progress)
             self.save(views)
         except Exception:
-            self.library.set_status(shape_id, IndexStatus.failed)
+            self._set_status(shape_id, IndexStatus.failed, quiet=True)  # the original error is the one to see
             raise
-        self.library.set_status(shape_id, IndexStatus.indexed, self.config.key)
+        self._set_status(shape_id, IndexStatus.indexed, self.config.key)
         return views
 
-    def save(self, views: ShapeViews) -> None:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, poses=views.poses, boxes=views.boxes, crops=views.crops)
-        data = buf.getvalue()
-        atomic_write(self.path(views.shape_id), data)
-        atomic_write(self.path(views.shape_id).with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
+    def encode(self, views: ShapeViews) -> bytes:
+        return encode_checked({"format": FORMAT, "shape_id": int(views.shape_id), "key": self.config.key},
+                              {"poses": views.poses, "boxes": views.boxes, "crops": views.crops})
 
-    def load(self, shape_id: int) -> ShapeViews:
-        """Read one shape's views; a file failing its checksum raises and is removed."""
+    def save(self, views: ShapeViews) -> None:
+        """Write one shape's file atomically; IndexWriteError (the old file intact) when it cannot."""
+        path = self.path(views.shape_id)
+        try:
+            atomic_write(path, self.encode(views))
+        except OSError as exc:
+            err = IndexWriteError("view index", self.root, exc)
+            record_write_error(err)
+            log.error("shape %s: %s", views.shape_id, err)
+            raise err from exc
+        record_write_error(None)
+        if path.with_suffix(".sha256").exists():  # the first format's checksum file
+            remove_quietly(path.with_suffix(".sha256"))
+
+    def check(self, shape_id: int, data: bytes) -> ShapeViews:
+        """Decode and verify one file's bytes; ValueError naming what is wrong."""
+        digest = self.path(shape_id).with_suffix(".sha256")
+        legacy = digest.read_text().strip() if digest.is_file() else None
+        meta, a = decode_checked(data, ("poses", "boxes", "crops"), legacy)
+        if meta and (meta.get("shape_id") != shape_id or meta.get("key") != self.config.key):
+            raise ValueError(f"it belongs to shape {meta.get('shape_id')} / index {meta.get('key')}")
+        n, c = len(self.config.grid), self.config.crop
+        if a["poses"].shape != (n, 3) or a["boxes"].shape != (n, 4) or a["crops"].shape != (n, c, c) or a["crops"].dtype != np.uint8:
+            raise ValueError(f"arrays of the wrong shape {a['crops'].shape} for {n} views of {c}x{c}")
+        if not np.allclose(a["poses"], self.config.grid.poses(), atol=1e-3):
+            raise ValueError("poses differ from the grid")
+        return ShapeViews(shape_id, a["poses"], a["boxes"], a["crops"])
+
+    def load(self, shape_id: int, rebuild: bool = False) -> ShapeViews:
+        """Read one shape's views, verified. A damaged file is logged, removed and marked for
+        rebuilding; then `rebuild` renders it again from the mesh at once, else DamagedIndexFile."""
         path = self.path(shape_id)
-        data = path.read_bytes()
-        digest = path.with_suffix(".sha256")
-        if not digest.is_file() or digest.read_text().strip() != hashlib.sha256(data).hexdigest():
-            path.unlink(missing_ok=True)
-            digest.unlink(missing_ok=True)
-            raise IOError(f"view index of shape {shape_id} is damaged; it will be rebuilt")
-        with np.load(io.BytesIO(data)) as z:
-            return ShapeViews(shape_id, z["poses"], z["boxes"], z["crops"])
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            if rebuild:
+                return self._rebuild(shape_id)
+            raise
+        try:
+            return self.check(shape_id, data)
+        except ValueError as exc:
+            reason = str(exc)
+        log.warning("view index of shape %s is damaged (%s): removed; it is rendered again from the mesh", shape_id, reason)
+        self.remove(shape_id)
+        self._set_status(shape_id, IndexStatus.pending, quiet=True)
+        if rebuild:
+            return self._rebuild(shape_id)
+        raise DamagedIndexFile(f"view index of shape {shape_id} is damaged ({reason}); it will be rebuilt")
+
+    def _rebuild(self, shape_id: int) -> ShapeViews:
+        try:
+            return self.build(shape_id, progress=False)
+        except IndexWriteError as exc:  # cannot store it: render it for this use only, say why
+            log.error("shape %s is rendered in memory only: %s", shape_id, exc)
+            return self.render_shape(shape_id, progress=False)
 
     def remove(self, shape_id: int) -> None:
-        self.path(shape_id).unlink(missing_ok=True)
-        self.path(shape_id).with_suffix(".sha256").unlink(missing_ok=True)
+        remove_quietly(self.path(shape_id), self.path(shape_id).with_suffix(".sha256"))
 
     def sync(self, progress: bool = True, on_shape=None) -> list[int]:
-        """Build what is missing or damaged, drop files of removed shapes; returns rebuilt ids."""
+        """Build what is missing or damaged, drop files of removed shapes; returns rebuilt ids.
+
+        Raises IndexWriteError, before rendering anything, when the folder cannot be written."""
         from .render import Renderer
 
         shapes = self.library.shapes()
         ids = {s.id for s in shapes}
+        remove_stale_temp_files(self.root)
         for f in self.root.glob("shape-*.npz"):
             if int(f.stem.split("-")[1]) not in ids:
                 self.remove(int(f.stem.split("-")[1]))
         todo = []
         for s in shapes:
-            ok = self.has(s.id) and self.path(s.id).with_suffix(".sha256").is_file()
+            ok = self.has(s.id)
             if ok and s.index_status == IndexStatus.indexed.value and s.index_key == self.config.key:
                 continue
             if ok:
@@ -150,10 +276,13 @@ class ViewIndex:
         if on_shape:
             on_shape(done, len(shapes))
         if todo:
+            self.ensure_writable()
             with Renderer(self.config.canvas) as renderer:
                 for sid in tqdm(todo, desc="index shapes", unit="shape", disable=not progress):
                     try:
                         self.build(sid, renderer, progress=progress)
+                    except IndexWriteError:  # every other shape would fail the same way
+                        raise
                     except Exception as exc:  # one broken shape must not stop the others
                         log.error("indexing shape %s failed: %s", sid, exc)
                     done += 1

@@ -74,6 +74,7 @@ def index_item(job: Job, item: Item) -> dict:
     import time
 
     from shape_library import warm_engine
+    from shape_library.atomic import IndexWriteError
     from shape_library.bootstrap import library_from_settings, view_index_from_settings
     from shape_library.catalog import IndexStatus
 
@@ -86,7 +87,10 @@ def index_item(job: Job, item: Item) -> dict:
     views = view_index_from_settings(settings, library)
     rendered = False
     if job.kind == "reindex" or not views.has(shape_id):
-        views.build(shape_id, progress=False)
+        try:
+            views.build(shape_id, progress=False)
+        except IndexWriteError as exc:  # disk full, read-only or forbidden index folder: say which and why
+            raise PermanentError(str(exc)) from exc
         rendered = True
     else:
         views.load(shape_id)  # verifies the checksum; a damaged file raises and is rebuilt on retry
