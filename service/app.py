@@ -13,7 +13,7 @@ from shape_library.images import InputRejected
 from shape_library.meshes import MeshError
 
 from .metrics import MetricsMiddleware, metrics_response
-from .routers import health, jobs, rotation, search, shapes, viewpoint
+from .routers import health, jobs, normals, rotation, search, shapes, viewpoint
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -45,6 +45,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(viewpoint.router)
     app.include_router(rotation.router)
+    app.include_router(normals.router)
     from shape_library.settings import get_settings
 
     from .security import RateLimitMiddleware

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     matching_weights: Path = Field(REPO_ROOT / "models" / "weights" / "matching.pt", description="shipped matching network")
     viewpoint_weights: Path = Field(REPO_ROOT / "models" / "weights" / "viewpoint.pt", description="shipped S1 viewpoint model")
     rotation_weights: Path = Field(REPO_ROOT / "models" / "weights" / "rotation.pt", description="shipped S3 rotation model")
+    normals_weights: Path = Field(REPO_ROOT / "models" / "weights" / "normals.pt", description="shipped S2 surface-normal model")
 
     # Viewpoint prior in the search, chosen by `python -m models.eval_prior` (docs/viewpoint_prior.md):
     # within 30° of the S1 viewpoint, 0.5 % of the candidates, no loss of accuracy. None turns it off.

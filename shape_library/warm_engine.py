@@ -45,7 +45,7 @@ def reset_engine() -> None:
 @lru_cache(maxsize=4)
 def _weights(field: str):
     """A shipped model named by its settings field (its registry entry is imported with `models`)."""
-    from models import checkpoint, rotation, viewpoint  # noqa: F401  (register the models)
+    from models import checkpoint, normals, rotation, viewpoint  # noqa: F401  (register the models)
 
     settings = get_settings()
     path = getattr(settings, field)
@@ -65,6 +65,12 @@ def get_rotation_model():
     """The S3 rotation model, or None when its weights are absent."""
     with _build_lock:
         return _weights("rotation_weights")
+
+
+def get_normals_model():
+    """The S2 surface-normal model, or None when its weights are absent."""
+    with _build_lock:
+        return _weights("normals_weights")
 
 
 @lru_cache(maxsize=4)
