@@ -60,11 +60,45 @@ class SearchResult:
     photo_box: tuple[float, float, float, float]
     timing_ms: dict = field(default_factory=dict)
     candidates: int = 0
+    stage: str = "exhaustive"   # "ann": FAISS top-N re-ranked by the fused head (shape_library.ann)
+
+
+def _setting(name: str):
+    from .settings import get_settings
+
+    return getattr(get_settings(), name)
+
+
+def _ann_from_settings(features, model):
+    """AnnIndex for the shipped embedding weights, or None when absent or made for other codes."""
+    from .settings import get_settings
+
+    settings = get_settings()
+    path = settings.embedding_weights
+    if not path.is_file():
+        return None
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        import logging
+
+        logging.getLogger(__name__).warning("faiss is not installed: large searches stay exhaustive")
+        return None
+    from models import checkpoint
+    from models import embedding as _embedding  # noqa: F401  (registers the model)
+
+    from .ann import AnnIndex
+
+    emb, _ = checkpoint.load(path, "cpu")
+    if emb.config.code_dim != model.code_dim:
+        return None
+    return AnnIndex(features, emb, checkpoint.file_hash(path), ivf_min_vectors=settings.ann_ivf_min_views, nprobe=settings.ann_nprobe)
 
 
 class SearchEngine:
     def __init__(self, library: ShapeLibrary, features: FeatureIndex, model, device: str = "cpu",
-                 no_match_threshold_deg: float | None = None, chunk: int = 4096):
+                 no_match_threshold_deg: float | None = None, chunk: int = 4096, ann="auto", ann_min_views="auto",
+                 ann_top_n: int | None = None):
         self.library = library
         self.features = features
         self.views = features.views
@@ -77,6 +111,11 @@ class SearchEngine:
         self._matrix: torch.Tensor | None = None
         self._owner: np.ndarray | None = None
         self._renderer = None
+        # FAISS first stage: "auto" builds it from the settings on the first search large enough to need it.
+        self._ann = ann
+        self._ann_synced: tuple | None = None
+        self.ann_min_views = _setting("ann_min_views") if ann_min_views == "auto" else ann_min_views
+        self.ann_top_n = ann_top_n or _setting("ann_top_n")
 
     # Candidates ---------------------------------------------------------------
     def _select(self, category: str | None, shape_ids: list[int] | None) -> list:
@@ -107,6 +146,39 @@ class SearchEngine:
         out = [torch.relu(codes[i : i + self.chunk] + pc) @ w for i in range(0, len(codes), self.chunk)]
         return (torch.cat(out).float() + head.fc.bias.float()) if out else torch.zeros(0)
 
+    # FAISS first stage ---------------------------------------------------------------
+    def ann_index(self):
+        """The FAISS index over the library's views (None when the embedding weights are absent)."""
+        if self._ann == "auto":
+            self._ann = _ann_from_settings(self.features, self.model)
+        return self._ann
+
+    def _ann_ready(self):
+        ann = self.ann_index()
+        if ann is None:
+            return None
+        ids = tuple(s.id for s in self.library.shapes() if self.views.has(s.id))
+        if self._ann_synced != ids:
+            ann.sync(ids)
+            self._ann_synced = ids
+        return ann
+
+    def gather_codes(self, sids: np.ndarray, poses: np.ndarray) -> torch.Tensor:
+        """The stored codes of the given (shape, pose) views, in order."""
+        out = torch.empty(len(sids), self.model.code_dim, dtype=torch.float16)
+        order = np.argsort(sids, kind="stable")
+        uniq, starts = np.unique(sids[order], return_index=True)
+        for sid, rows in zip(uniq, np.split(order, starts[1:])):
+            out[torch.from_numpy(rows)] = self.features.codes(int(sid))[torch.from_numpy(poses[rows])].cpu()
+        return out.to(self.device)
+
+    def _ann_rank(self, ann, code, shapes, pose_subset):
+        from .ann import first_stage
+
+        sids, poses = first_stage(ann, code, self.ann_top_n, [s.id for s in shapes], pose_subset)
+        scores = self.score_all(code, self.gather_codes(sids, poses)) if len(sids) else torch.zeros(0)
+        return scores, sids, poses
+
     @torch.no_grad()
     def photo_code(self, image: Image.Image, box=None):
         cfg = self.views.config
@@ -122,23 +194,33 @@ class SearchEngine:
         by_id = {s.id: s for s in shapes}
         code, sq = self.photo_code(image, box)
         t1 = time.perf_counter()
-        codes, owner = self._codes(tuple(s.id for s in shapes))
         V = len(self.grid)
-        if pose_subset is not None and len(codes):
-            rows = (np.arange(len(shapes))[:, None] * V + np.asarray(pose_subset)[None, :]).reshape(-1)
-            scores = self.score_all(code, codes[torch.from_numpy(rows)])
-            flat = rows
+        n_cand = len(shapes) * (len(pose_subset) if pose_subset is not None else V)
+        ann = self._ann_ready() if self.ann_min_views is not None and n_cand >= self.ann_min_views else None
+        stage, ann_sids = "exhaustive", None
+        if ann is not None:
+            stage = "ann"
+            scores, ann_sids, ann_poses = self._ann_rank(ann, code, shapes, pose_subset)
         else:
-            scores = self.score_all(code, codes)
-            flat = None
+            codes, owner = self._codes(tuple(s.id for s in shapes))
+            if pose_subset is not None and len(codes):
+                rows = (np.arange(len(shapes))[:, None] * V + np.asarray(pose_subset)[None, :]).reshape(-1)
+                scores = self.score_all(code, codes[torch.from_numpy(rows)])
+                flat = rows
+            else:
+                scores = self.score_all(code, codes)
+                flat = None
         t2 = time.perf_counter()
         k = min(top_k if not refine else max(top_k, 3), len(scores))
         best = torch.topk(scores, k, largest=False) if k else None
         matches = []
         if best is not None:
             for s, i in zip(best.values.tolist(), best.indices.tolist()):
-                row = int(flat[i]) if flat is not None else int(i)
-                sid, pose = int(owner[row]), row % V
+                if ann_sids is not None:
+                    sid, pose = int(ann_sids[i]), int(ann_poses[i])
+                else:
+                    row = int(flat[i]) if flat is not None else int(i)
+                    sid, pose = int(owner[row]), row % V
                 a, e, t = self.grid.poses(pose)
                 sh = by_id[sid]
                 matches.append(Match(sid, sh.category, sh.name, float(a), float(e), float(t), float(np.degrees(s)), int(pose)))
@@ -149,7 +231,10 @@ class SearchEngine:
         t4 = time.perf_counter()
         no_match = bool(not matches or (self.no_match_threshold_deg is not None and matches[0].score > self.no_match_threshold_deg))
         timing = {"photo_stream": (t1 - t0) * 1e3, "ranking": (t2 - t1) * 1e3, "refinement": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3}
-        return SearchResult(matches[:top_k], no_match, sq, {k: round(v, 2) for k, v in timing.items()}, len(scores))
+        if stage == "ann":
+            timing["ann_first_stage"] = timing["ranking"]   # FAISS top-N + exact re-ranking (the key says which stage ran)
+        return SearchResult(matches[:top_k], no_match, sq, {k: round(v, 2) for k, v in timing.items()},
+                            n_cand if stage == "ann" else len(scores), stage)
 
     # Refinement ---------------------------------------------------------------
     def _render_crops(self, shape_id: int, poses: np.ndarray) -> np.ndarray:
