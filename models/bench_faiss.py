@@ -33,7 +33,7 @@ import torch
 
 from . import checkpoint
 from . import matching  # noqa: F401
-from .reports import replace_block
+from .reports import README, replace_block
 
 DATA_DIR = Path("var/train")
 WORK = Path("var/bench_faiss")
@@ -297,14 +297,26 @@ def bench(args) -> dict:
                     pc = model.photo_codes(photos_to_tensor(crops[q:q + 1]))[0]
                     sids, poses = first_stage(ann, pc, N, nprobe=nprobe or None)
                     SearchEngine.score_all(scorer, pc, lib.codes_at(sids, poses))
+            synth = []
             for q in range(len(pcodes)):
-                t0 = time.perf_counter()
+                # Timed in parts: the candidates' codes are synthesised by the bench (no store holds 25 M
+                # codes), which the engine never does; the engine gathers N stored rows instead, timed
+                # here as the same gather from the in-RAM real code sets.
                 with torch.no_grad():
+                    t0 = time.perf_counter()
                     pc = model.photo_codes(photos_to_tensor(crops[q:q + 1]))[0]
                     sids, poses = first_stage(ann, pc, N, nprobe=nprobe or None)
-                    sc = SearchEngine.score_all(scorer, pc, lib.codes_at(sids, poses))
+                    t1 = time.perf_counter()
+                    stored = lib.real[torch.from_numpy(sids % lib.R), torch.from_numpy(poses)]
+                    t2 = time.perf_counter()
+                    codes_q = lib.codes_at(sids, poses)
+                    t3 = time.perf_counter()
+                    sc = SearchEngine.score_all(scorer, pc, codes_q)
                     top = int(torch.argmin(sc))
-                lat.append(time.perf_counter() - t0)
+                    t4 = time.perf_counter()
+                del stored
+                lat.append((t1 - t0) + (t2 - t1) + (t4 - t3))
+                synth.append(t3 - t2)
                 if q < gtq:
                     found = sids * V + poses
                     hits += int(gid[q] in set(found.tolist()))
@@ -313,6 +325,7 @@ def bench(args) -> dict:
             rows.append({"shapes": S, "views": S * V, "index": kind, "top_n": N, "queries": len(pcodes), "gt_queries": gtq,
                          "recall": hits / gtq, "top1_agreement": agree / gtq,
                          "p50_ms": float(np.percentile(lat, 50) * 1e3), "p95_ms": float(np.percentile(lat, 95) * 1e3),
+                         "synth_p50_ms": float(np.percentile(synth, 50) * 1e3),
                          "build_s": build_s, "index_mb": index_mb, "rss_mb": _current_rss_mb(), "rss_delta_mb": _current_rss_mb() - rss0})
             print(json.dumps(rows[-1]), flush=True)
         del ann
@@ -330,18 +343,24 @@ def _faiss_version() -> str:
     return faiss.__version__
 
 
-def write_report(result: dict, out: Path, doc: Path = Path("docs/benchmarks.md")) -> None:
+def write_report(result: dict, out: Path, doc: Path = Path("docs/benchmarks.md"), readme: Path = README) -> None:
     rows, meta = result["rows"], result["meta"]
-    md = ("Produced by `{cmd}` on {hw} ({thr} torch threads, faiss-cpu {fv}); the machine was shared with other jobs "
+    emb_path = Path(meta["embedding"])
+    if emb_path.is_absolute() and emb_path.is_relative_to(README.parent):
+        emb_path = emb_path.relative_to(README.parent)
+    md = ("Produced by `{cmd}` on {hw} (torch threads: {thr}, faiss-cpu {fv}); the machine was shared with other jobs "
           "while it ran, so latencies are upper-side.\n\n").format(cmd=meta["command"], hw=meta["hardware"], thr=meta["threads"], fv=meta["faiss"])
-    md += ("| shapes | views | index | top-N | recall of exhaustive top-1 | two-stage top-1 = exhaustive | p50 ms | p95 ms | index build s | index MB | process RSS MB |\n"
-           "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    md += ("| shapes | views | index | top-N | recall of exhaustive top-1 | two-stage top-1 = exhaustive | p50 ms | p95 ms | "
+           "bench-only code synthesis p50 ms | index build s | index MB | process RSS MB |\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     for r in rows:
+        syn = f"{r['synth_p50_ms']:.1f}" if "synth_p50_ms" in r else "not split"
         md += (f"| {r['shapes']:,} | {r['views']:,} | {r['index']} | {r['top_n']:,} | {r['recall']:.3f} ({r['gt_queries']} q) | "
-               f"{r['top1_agreement']:.3f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['build_s']:.1f} | {r['index_mb']:.0f} | {r['rss_mb']:.0f} |\n")
+               f"{r['top1_agreement']:.3f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {syn} | {r['build_s']:.1f} | {r['index_mb']:.0f} | {r['rss_mb']:.0f} |\n")
     cal = meta["calibration"]
     md += (f"\nLatency = the whole two-stage query for one photo crop: photo stream, embedding, FAISS top-N, gathering the N "
-           f"candidates' render codes, exact re-ranking by the fused head, arg-min ({len(rows) and rows[0]['queries']} held-out-shape "
+           f"candidates' render codes from RAM, exact re-ranking by the fused head, arg-min; the bench's own synthesis of the "
+           f"derived copies' codes (which the engine never does) is timed apart and not included ({len(rows) and rows[0]['queries']} held-out-shape "
            f"synthetic photos). Recall = fraction of queries whose exhaustive top-1 (shape, pose), found by scoring every view "
            f"of the library with the fused head, is among FAISS's top-N ({meta['ground_truth_seconds']:.0f} s for the exhaustive pass).\n\n"
            f"**How the libraries were made.** {meta['real_code_sets']} real code sets: the 83 training-library shapes and "
@@ -352,9 +371,13 @@ def write_report(result: dict, out: Path, doc: Path = Path("docs/benchmarks.md")
            f"matches the one measured between real scaled copies and their bases ({cal.get('copy_to_base', float('nan')):.2f}; "
            f"same-category pair {cal.get('same_category_pair', float('nan')):.2f}; noise σ = {meta['noise_std_per_value']:.4f} per value). "
            f"FAISS holds the true embeddings of these codes and the re-ranking scores the true codes; codes are generated on demand "
-           f"(25 M × 1,024 float16 would be 51 GB). Embedding: `{meta['embedding']}` ({meta['embedding_hash']}).\n")
+           f"(25 M × 1,024 float16 would be 51 GB). Embedding: `{emb_path}` ({meta['embedding_hash']}).\n\n"
+           f"**Limit.** The FAISS index of 25 M views takes about 1 GB, but the re-ranking codes of a real 10,000-shape library "
+           f"(2 KB per view, 51 GB) do not fit in this machine's RAM: they would be memory-mapped from disk, and the "
+           f"N random row reads per query are not measured here. A learned smaller re-ranking code is the next step.\n")
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     replace_block("bench-faiss", md, doc)
+    replace_block("bench-faiss", md, readme)
     print(md)
 
 
@@ -362,7 +385,7 @@ def main(argv=None) -> int:
     import sys
 
     p = argparse.ArgumentParser(prog="python -m models.bench_faiss", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("cmd", choices=["bench", "render-copies"])
+    p.add_argument("cmd", choices=["bench", "render-copies", "report"], help="report: rewrite the tables from --out's json")
     p.add_argument("--sizes", default="100,1000,10000")
     p.add_argument("--top-n", default="1000,4000")
     p.add_argument("--nprobe", default="16,64", help="IVF lists visited, comma-separated values to compare")
@@ -385,6 +408,9 @@ def main(argv=None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.cmd == "render-copies":
         render_copies(args.n, args.matching, args.seed, args.data_dir)
+        return 0
+    if args.cmd == "report":
+        write_report(json.loads(args.out.read_text()), args.out, args.doc)
         return 0
     result = bench(args)
     if result:

@@ -45,8 +45,8 @@ class Settings(BaseSettings):
     # FAISS first stage (shape_library/ann.py, docs/benchmarks.md): used when a search has at least
     # this many candidate views (None: never); below it the search scores every candidate exactly.
     ann_min_views: int | None = Field(500_000, ge=1, description="candidate views from which the search uses the FAISS first stage")
-    ann_top_n: int = Field(4000, ge=1, description="views FAISS hands to the exact re-ranking")
-    ann_nprobe: int = Field(64, ge=1, description="IVF lists visited per query")
+    ann_top_n: int = Field(16000, ge=1, description="views FAISS hands to the exact re-ranking")
+    ann_nprobe: int = Field(16, ge=1, description="IVF lists visited per query")
     ann_ivf_min_views: int = Field(1_000_000, ge=1, description="library views from which the index is IVF (exact flat below)")
     embedding_weights: Path = Field(REPO_ROOT / "models" / "weights" / "embedding.pt", description="shipped first-stage embedding")
 
