@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import io
-from pathlib import Path
+import zipfile
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import trimesh
 
 MESH_FORMATS = ("glb", "gltf", "obj", "ply", "stl", "off")
+ARCHIVE_FORMATS = ("zip",)   # one mesh file inside (OBJ with its MTL, glTF with its .bin buffers)
+# An archive member whose expansion ratio exceeds this is treated as a zip bomb: real meshes
+# compress about 2-10x, a bomb of zeros about 1,000x.
+MAX_ZIP_RATIO = 200
 
 
 class MeshError(ValueError):
@@ -21,8 +26,8 @@ class MeshError(ValueError):
 
 def file_type_of(name: str) -> str:
     ext = Path(name).suffix.lower().lstrip(".")
-    if ext not in MESH_FORMATS:
-        raise MeshError(f"unsupported mesh format {ext!r}: expected one of {', '.join(MESH_FORMATS)}")
+    if ext not in MESH_FORMATS + ARCHIVE_FORMATS:
+        raise MeshError(f"unsupported mesh format {ext!r}: expected one of {', '.join(MESH_FORMATS + ARCHIVE_FORMATS)}")
     return ext
 
 
@@ -59,13 +64,93 @@ def load_mesh(source: Path | bytes, file_type: str | None = None, max_faces: int
         if source.stat().st_size == 0:
             raise MeshError("empty mesh file")
         obj = str(source)
+    if file_type in ARCHIVE_FORMATS:
+        data = obj.getvalue() if isinstance(obj, io.BytesIO) else Path(obj).read_bytes()
+        return _load_from_zip(data, max_faces)
+    return _load(obj, file_type, max_faces)
+
+
+def _load(obj, file_type: str, max_faces: int, resolver=None) -> trimesh.Trimesh:
     try:
-        mesh = trimesh.load(obj, file_type=file_type, force="mesh", process=False)
+        mesh = trimesh.load(obj, file_type=file_type, force="mesh", process=False, resolver=resolver)
     except Exception as exc:  # trimesh raises many types for broken files
         raise MeshError(f"unreadable {file_type} file: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(mesh, trimesh.Trimesh):
         raise MeshError(f"no triangle mesh in the {file_type} file (got {type(mesh).__name__})")
     return validate(mesh, max_faces)
+
+
+class _SafeZip:
+    """Members of an untrusted zip read with their names checked and their sizes bounded."""
+
+    def __init__(self, data: bytes, max_member_bytes: int):
+        try:
+            self.zf = zipfile.ZipFile(io.BytesIO(data))
+            infos = self.zf.infolist()
+        except (zipfile.BadZipFile, ValueError, OSError) as exc:
+            raise MeshError(f"unreadable zip archive: {exc}") from None
+        self.max = max_member_bytes
+        self.files = {}
+        for info in infos:
+            if info.is_dir():
+                continue
+            path = PurePosixPath(info.filename.replace("\\", "/"))
+            if path.is_absolute() or ".." in path.parts or info.filename.startswith(("/", "\\")) or ":" in path.parts[0]:
+                raise MeshError(f"unsafe path in the archive: {info.filename!r}")
+            self.files[str(path)] = info
+
+    def read(self, name: str) -> bytes:
+        info = self.files.get(str(PurePosixPath(name.replace("\\", "/"))))
+        if info is None:
+            raise MeshError(f"the archive has no member {name!r}")
+        if info.file_size > self.max:
+            raise MeshError(f"{info.filename}: {info.file_size} bytes unpacked, over the limit of {self.max}")
+        if info.file_size > 1 << 20 and info.file_size > MAX_ZIP_RATIO * max(1, info.compress_size):
+            raise MeshError(f"{info.filename}: expands {info.file_size // max(1, info.compress_size)}x (a zip bomb?)")
+        out = bytearray()
+        try:
+            with self.zf.open(info) as f:       # the declared size may lie: count what comes out
+                while chunk := f.read(1 << 20):
+                    out += chunk
+                    if len(out) > self.max:
+                        raise MeshError(f"{info.filename}: more than {self.max} bytes unpacked")
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as exc:
+            raise MeshError(f"{info.filename}: unreadable member: {exc}") from None
+        return bytes(out)
+
+
+class _BufferResolver(trimesh.resolvers.Resolver):
+    """trimesh resolver that hands a glTF its .bin buffers from the same archive, nothing else."""
+
+    def __init__(self, archive: _SafeZip, folder: PurePosixPath):
+        self.archive, self.folder = archive, folder
+
+    def keys(self):
+        return [n for n in self.archive.files if n.lower().endswith(".bin")]
+
+    def write(self, name: str, data):
+        raise MeshError("mesh archives are read-only")
+
+    def namespaced(self, namespace: str):
+        return _BufferResolver(self.archive, self.folder / namespace)
+
+    def get(self, name: str) -> bytes:
+        if not name.lower().endswith(".bin"):
+            raise MeshError(f"the glTF refers to {name!r}; only .bin buffers are read from an archive")
+        return self.archive.read(str(self.folder / name))
+
+
+def _load_from_zip(data: bytes, max_faces: int, max_member_bytes: int = 128 * 2**20) -> trimesh.Trimesh:
+    archive = _SafeZip(data, max_member_bytes)
+    found = [n for n in archive.files if PurePosixPath(n).suffix.lower().lstrip(".") in MESH_FORMATS
+             and not PurePosixPath(n).name.startswith(".")]
+    if len(found) != 1:
+        listed = ", ".join(sorted(found)[:5]) or "none"
+        raise MeshError(f"a mesh archive must hold exactly one mesh file ({', '.join(MESH_FORMATS)}); found {len(found)}: {listed}")
+    name = found[0]
+    ext = PurePosixPath(name).suffix.lower().lstrip(".")
+    resolver = _BufferResolver(archive, PurePosixPath(name).parent) if ext == "gltf" else None
+    return _load(io.BytesIO(archive.read(name)), ext, max_faces, resolver)
 
 
 def validate(mesh: trimesh.Trimesh, max_faces: int = 500_000) -> trimesh.Trimesh:

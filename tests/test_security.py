@@ -139,4 +139,22 @@ def test_hostile_mesh_uploads_get_clear_4xx(data_dir, monkeypatch):
     assert r.status_code == 422 and "printable" in r.json()["detail"]
     r = client.post("/v1/shapes", files={"mesh": ("a.ply", _mesh())}, data={"category": "misc"})
     assert r.status_code == 422 and "name" in r.json()["detail"]
+    # mesh archives: traversal and bombs are refused before anything is written
+    import zipfile
+
+    def _zip(members):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for n, d in members.items():
+                z.writestr(n, d)
+        return buf.getvalue()
+
+    r = post("m.zip", _zip({"../../evil.ply": _mesh()}))
+    assert r.status_code == 422 and "unsafe path" in r.json()["detail"]
+    r = post("m.zip", _zip({"bomb.obj": b"\0" * (50 * 2**20)}))
+    assert r.status_code == 422 and "zip bomb" in r.json()["detail"]
+    r = post("m.zip", b"PK\x03\x04garbage")
+    assert r.status_code == 422 and "zip" in r.json()["detail"]
     assert client.get("/v1/shapes").json() == []
+    r = post("m.zip", _zip({"box/box.ply": _mesh(), "box/LICENSE.txt": b"CC0"}))
+    assert r.status_code == 201 and r.json()["faces"] > 0

@@ -71,7 +71,7 @@ def _queue_index_job(shape_id: int, name: str) -> str:
 
 @router.post("", response_model=ShapeCreatedOut, status_code=201,
              responses={200: {"model": ShapeCreatedOut}, 401: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
-             summary="Add a mesh (glb/gltf/obj/ply/stl/off); its 2,541 views are indexed by a job")
+             summary="Add a mesh (glb/gltf/obj/ply/stl/off, or a zip holding one); its 2,541 views are indexed by a job")
 async def add_shape(
     mesh: UploadFile | None = File(None, description="the mesh file; its type is taken from the file name"),
     name: str = Form(..., description="display name"),
