@@ -1,0 +1,118 @@
+"""Fine-tune the photo stream for the label experiments (tags and Vec2Bundle), once, end to end.
+
+    python -m models.train_label_backbone --library ../shared/shape_library
+
+The matching network's photo stream, frozen, is a poor category feature (a 1024 -> 256 MLP on it
+reaches 54 % top-1 on its own training scenes).  This run starts from it and trains it end to end
+on two tasks at once: the category tags of the composed scenes with independent sigmoids (a
+*baseline* loss, so the shared features do not favour the quasibinary head) and the fine-grained
+shape class of single-object scenes with a linear softmax (not the RBF head, same reason).  The
+heads are thrown away; `models.train_tags` and `models.train_hierarchy` freeze the result and train
+every head of their comparisons on it.  Only training scenes are used (held-out shapes and sprites
+never are).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from . import checkpoint
+from .label_data import VOCAB, prepare
+from .matching import _stream
+
+
+class TwoTaskNet(nn.Module):
+    def __init__(self, widths, n_tags: int, n_fine: int, hidden: int = 256, feat: int = 1024):
+        super().__init__()
+        self.backbone = _stream(3, widths)
+        self.tags = nn.Sequential(nn.Flatten(), nn.Linear(feat, hidden), nn.ReLU(inplace=True), nn.Dropout(0.2), nn.Linear(hidden, n_tags))
+        self.fine = nn.Sequential(nn.Flatten(), nn.Linear(feat, hidden), nn.ReLU(inplace=True), nn.Dropout(0.2), nn.Linear(hidden, n_fine))
+
+
+def augment(images: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    from shape_library.search import photos_to_tensor
+
+    x = images.copy()
+    flip = rng.random(len(x)) < 0.5
+    x[flip] = x[flip, :, ::-1]
+    t = photos_to_tensor(x)
+    gain = torch.from_numpy(rng.uniform(0.8, 1.2, (len(x), 1, 1, 1)).astype(np.float32))
+    return (t + 0.5) * gain - 0.5
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.train_label_backbone", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--library", type=Path)
+    p.add_argument("--data-dir", type=Path, default=Path("var/tags"))
+    p.add_argument("--out", type=Path, default=Path("var/tags/label_backbone.pt"))
+    p.add_argument("--scenes", type=int, default=24000, help="as models.train_tags (reuses its cached scenes)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from .train_hierarchy import build_parser as hier_parser, class_labels, datasets
+    from .train_tags import build_parser as tag_parser, scene_sets
+
+    library, bank = prepare(args.data_dir, args.library, args.seed)
+    targs = tag_parser().parse_args(["--data-dir", str(args.data_dir), "--scenes", str(args.scenes), "--seed", str(args.seed), "--quiet"])
+    tags = scene_sets(bank, library, targs)["train"]
+    ids, labels, _ = class_labels(library, bank)
+    hargs = hier_parser().parse_args(["--data-dir", str(args.data_dir), "--seed", str(args.seed), "--quiet"])
+    fine = datasets(bank, ids, hargs)["train"]
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    matching, _ = checkpoint.load(checkpoint.WEIGHTS_DIR / "matching.pt")
+    widths = tuple(matching.config.widths) if hasattr(matching.config, "widths") else (32, 64, 96, 96, 64)
+    net = TwoTaskNet(widths, len(VOCAB), len(labels))
+    net.backbone.load_state_dict(matching.photo_stream.state_dict())
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    half = args.batch // 2
+    t0 = time.time()
+    losses = []
+    bar = tqdm(range(args.steps), desc="label backbone")
+    net.train()
+    for step in bar:
+        it = rng.integers(0, len(tags["images"]), half)
+        jf = rng.integers(0, len(fine["images"]), half)
+        x = augment(np.concatenate([tags["images"][it], fine["images"][jf]]), rng)
+        f = net.backbone(x)
+        loss = (F.binary_cross_entropy_with_logits(net.tags(f[:half]), torch.from_numpy(tags["labels"][it]))
+                + F.cross_entropy(net.fine(f[half:]), torch.from_numpy(fine["targets"][jf])))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    net.eval()
+    # Stored as a tagger (its head untrained and unused) so the usual checkpoint loader reads it.
+    from . import registry, tagger  # noqa: F401
+
+    model = registry.create("tagger-cpu", labels=VOCAB, head="sigmoid", widths=widths)
+    model.backbone.load_state_dict(net.backbone.state_dict())
+    meta = {"seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr, "minutes": (time.time() - t0) / 60,
+            "final_loss": float(np.mean(losses[-100:])), "command": "python -m models.train_label_backbone " + " ".join(sys.argv[1:] if argv is None else argv)}
+    checkpoint.save(model, "tagger-cpu", args.out, meta=meta)
+    print(json.dumps(meta))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

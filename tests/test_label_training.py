@@ -1,0 +1,57 @@
+"""The label experiments' commands run end to end on a tiny budget (the default library only)."""
+import numpy as np
+import pytest
+
+from models import checkpoint
+from models.label_data import slot_split
+
+MATCHING = checkpoint.WEIGHTS_DIR / "matching.pt"
+pytestmark = pytest.mark.skipif(not MATCHING.is_file(), reason="shipped matching weights missing")
+
+
+def test_slot_split_covers_every_sprite_once():
+    for n in (5, 10, 40):
+        parts = slot_split(n)
+        flat = [i for r in parts for i in r]
+        assert sorted(flat) == list(range(n)) and all(len(r) for r in parts)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tmp_path_factory.mktemp("labels")
+
+
+def test_tagging_comparison_runs_and_learns(tiny):
+    from models import train_tags
+
+    args = train_tags.build_parser().parse_args([
+        "--data-dir", str(tiny), "--scenes", "400", "--test-scenes", "60", "--sprites-per-shape", "10", "--steps", "120",
+        "--batch", "32", "--backbone", str(MATCHING), "--quiet", "--no-reports"])
+    out = train_tags.run(args)
+    assert set(out["results"]) == set(out["fine_grained"]) == {"quasibinary", "sigmoid", "softmax", "softmax-t"}
+    assert out["meta"]["fine_grained_labels"] == 27  # every default-library shape is a label of its own
+    for kind, r in out["results"].items():
+        m = r["metrics"]
+        assert r["final_loss"] < r["first_loss"], kind
+        assert 0 <= m["single_top1_error"] <= 1 and 0 <= m["multi_ece_top4"] <= 1 and 0 <= m["ood_mmc"] <= 1, kind
+        assert sum(b["count"] for b in m["reliability_top4"]) > 0
+    q = out["models"]["quasibinary"].head
+    assert q.c_seen.item() == 1 and np.isfinite(q.log_c_avg.item())
+    assert out["results"]["softmax-t"]["temperature"] > 0
+
+
+def test_vec2bundle_study_runs(tiny):
+    from models import train_hierarchy
+
+    args = train_hierarchy.build_parser().parse_args([
+        "--data-dir", str(tiny), "--sprites-per-shape", "10", "--repeats", "1", "--multi-scenes", "200", "--steps", "100",
+        "--batch", "32", "--backbone", str(MATCHING), "--quiet", "--no-reports"])
+    out = train_hierarchy.run(args)
+    k = out["meta"]["classes"]
+    assert k == 27  # the generated default library's shapes
+    assert {"Vec2Bundle (RBF prototypes, Ward)", "semantic (category → shape)", "k-means on class covariance",
+            "spectral clustering of confusions"} <= set(out["single"])
+    for name, r in out["single"].items():
+        assert 0 <= r["auc_max_rew"] <= 1 and r["max_rew"][-1][0] == pytest.approx(1.0), name
+    assert set(out["multi"]) >= {"Vec2Bundle, MaxK-REW K=1", "Vec2Bundle, MaxK-REW K=5"}
+    assert out["models"]["rbf"].class_points().shape == (k, 256)
