@@ -13,7 +13,7 @@ from shape_library.images import InputRejected
 from shape_library.meshes import MeshError
 
 from .metrics import MetricsMiddleware, metrics_response
-from .routers import health, jobs, normals, rotation, search, shapes, viewpoint
+from .routers import health, hierarchy, jobs, normals, rotation, search, shapes, tags, viewpoint
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -46,6 +46,8 @@ def create_app() -> FastAPI:
     app.include_router(viewpoint.router)
     app.include_router(rotation.router)
     app.include_router(normals.router)
+    app.include_router(tags.router)
+    app.include_router(hierarchy.router)
     from shape_library.settings import get_settings
 
     from .security import RateLimitMiddleware

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     viewpoint_weights: Path = Field(REPO_ROOT / "models" / "weights" / "viewpoint.pt", description="shipped S1 viewpoint model")
     rotation_weights: Path = Field(REPO_ROOT / "models" / "weights" / "rotation.pt", description="shipped S3 rotation model")
     normals_weights: Path = Field(REPO_ROOT / "models" / "weights" / "normals.pt", description="shipped S2 surface-normal model")
+    tagger_weights: Path = Field(REPO_ROOT / "models" / "weights" / "tagger.pt", description="shipped quasibinary tagger")
+    hierarchy_weights: Path = Field(REPO_ROOT / "models" / "weights" / "hierarchy.pt", description="shipped Vec2Bundle model and tree")
+    # The search answers no_match when the tagger says none of its categories is in the photo (its
+    # calibrated threshold); False leaves the decision to the matching score alone.
+    search_uses_tagger: bool = Field(True, description="no_match when the tagger finds none of its categories")
 
     # Viewpoint prior in the search, chosen by `python -m models.eval_prior` (docs/viewpoint_prior.md):
     # within 30° of the S1 viewpoint, 0.5 % of the candidates, no loss of accuracy. None turns it off.

@@ -42,7 +42,7 @@ def reset_engine() -> None:
         _engine.cache_clear()
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def _weights(field: str):
     """A shipped model named by its settings field (its registry entry is imported with `models`)."""
     from models import checkpoint, normals, rotation, viewpoint  # noqa: F401  (register the models)
@@ -71,6 +71,75 @@ def get_normals_model():
     """The S2 surface-normal model, or None when its weights are absent."""
     with _build_lock:
         return _weights("normals_weights")
+
+
+class Tagger:
+    """The shipped quasibinary tagger with its calibrated "none" threshold."""
+
+    def __init__(self, model, threshold: float):
+        self.model, self.threshold = model, float(threshold)
+        self.labels = tuple(model.labels)
+
+    def probabilities(self, image, box=None):
+        return class_probabilities(self.model, image, box)
+
+
+def class_probabilities(model, image, box=None):
+    """Per-class probabilities of a tagger-type model for a PIL photo (the box's square crop, or
+    the whole photo padded to a square, as the training scenes were)."""
+    import numpy as np
+
+    from .search import photo_crop, photos_to_tensor
+
+    crop, _ = photo_crop(image, box, model.config.input_size, 0.1 if box is not None else 0.0)
+    x = photos_to_tensor(np.asarray(crop)[None]).to(next(model.parameters()).device)
+    return model.probabilities(x)[0]
+
+
+@lru_cache(maxsize=2)
+def _labelled(field: str):
+    from models import checkpoint, tagger  # noqa: F401  (registers the model)
+    from models.bundle_predictor import BundlePredictor
+
+    settings = get_settings()
+    path = getattr(settings, field)
+    if not path.is_file():
+        return None
+    if field == "hierarchy_weights":
+        return BundlePredictor.load(path, settings.torch_device())
+    model, meta = checkpoint.load(path, settings.torch_device())
+    return Tagger(model, meta.get("none_threshold", 0.5))
+
+
+def get_tagger() -> Tagger | None:
+    """The quasibinary tagger, or None when its weights are absent."""
+    with _build_lock:
+        return _labelled("tagger_weights")
+
+
+def get_bundle_predictor():
+    """The Vec2Bundle model and tree, or None when its weights are absent."""
+    with _build_lock:
+        return _labelled("hierarchy_weights")
+
+
+def tagger_verdict(library, image, box, category: str | None, shape_ids: list[int] | None) -> tuple[bool, float | None]:
+    """(none, the largest probability among the searched categories): whether the tagger says no
+    searched category is in the photo.  Only where its vocabulary covers every category searched (it
+    cannot vouch for one it never learned) and the settings ask for it; (False, None) otherwise."""
+    if not get_settings().search_uses_tagger:
+        return False, None
+    tagger = get_tagger()
+    if category:
+        cats = {category}
+    else:
+        wanted = None if shape_ids is None else set(shape_ids)
+        cats = {s.category for s in library.shapes() if wanted is None or s.id in wanted}
+    if tagger is None or not cats or not cats <= set(tagger.labels):
+        return False, None
+    probs = tagger.probabilities(image, box)
+    top = float(max(p for lab, p in zip(tagger.labels, probs) if lab in cats))
+    return top < tagger.threshold, round(top, 4)
 
 
 @lru_cache(maxsize=4)

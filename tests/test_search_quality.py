@@ -131,6 +131,7 @@ def test_api_search_with_the_viewpoint_prior_scores_a_fraction_of_the_candidates
                                       data={"bbox": bbox, "refine": "false", **form}).json()
     full, pruned, default = post(prior="false"), post(prior="true"), post()
     assert full["candidates"] == 3 * 2541 and "viewpoint_prior" not in full["timing_ms"]
+    assert full["stage"] == "exhaustive"                         # far below SHAPESEARCH_ANN_MIN_VIEWS
     assert 0 < pruned["candidates"] < full["candidates"] / 10 and "viewpoint_prior" in pruned["timing_ms"]
     assert default["candidates"] == pruned["candidates"]        # the default library's categories all have heads
     assert pruned["candidates"] % 3 == 0                        # the same poses of every shape

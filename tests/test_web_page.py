@@ -357,6 +357,12 @@ def test_other_views_load_on_demand_and_say_when_unavailable(server, driver, fil
                                    or panel.find_elements(By.CSS_SELECTOR, "img#normals-image"))
             assert not error_text(driver), f"{name}: {error_text(driver)}"
             assert NOT_AVAILABLE_TEXT not in panel.text
+            if name == "tags":  # one bar per label of the answer
+                n = len(probe().json()["tags"])
+                wait(driver).until(lambda d, panel=panel: len(panel.find_elements(By.CSS_SELECTOR, "ul.bars li")) == n)
+            if name == "hierarchy":  # the tree and the hedged answer
+                wait(driver, 60).until(lambda d, panel=panel: panel.find_elements(By.CSS_SELECTOR, "#hierarchy-list li")
+                                       and panel.find_elements(By.CSS_SELECTOR, "ol.bundles li .chip"))
         assert fetched(driver, f"/v1/{name}"), f"{name}: opening the tab requested nothing"
     assert not console_errors(driver, ignore_http_errors=True)
 

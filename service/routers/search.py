@@ -6,6 +6,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
 from pydantic import BaseModel, Field
 
 from shape_library.settings import get_settings
+from shape_library.warm_engine import tagger_verdict
 
 from ..engine import engine_lock, get_engine
 from ..security import heavy
@@ -29,10 +30,16 @@ class MatchOut(BaseModel):
 
 class SearchOut(BaseModel):
     matches: list[MatchOut]
-    no_match: bool = Field(description="true when even the best match scores worse than the calibrated threshold")
+    no_match: bool = Field(description="true when even the best match scores worse than the calibrated threshold, "
+                           "or when the tagger finds none of the library's categories in the photo")
     no_match_threshold: float | None = None
+    no_match_reason: str | None = Field(None, description="'score' or 'tagger' when no_match is true")
+    category_probability: float | None = Field(
+        None, description="the tagger's largest category probability (when it was consulted); below its threshold means none")
+    bundle: list[int] | None = Field(None, description="the shapes the search was restricted to by the hedged bundle")
     timing_ms: dict[str, float]
     candidates: int
+    stage: str = Field("exhaustive", description="'exhaustive' (every candidate scored) or 'ann' (FAISS top-N re-ranked exactly)")
     photo_box: list[float] = Field(description="square box of the photo the network saw, pixels")
     overlay_png: str | None = Field(None, description="data URL of the best match blended onto the photo (overlay=true)")
 
@@ -58,16 +65,42 @@ def _prior_covers(engine, category: str | None, ids: list[int] | None) -> bool:
     return bool(shapes) and all(s.category in known for s in shapes)
 
 
-def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool, prior: bool | None = None):
+def _bundle_ids(img, box, tradeoff: float) -> list[int]:
+    """Shapes of the DARTS bundle at `tradeoff` that this library holds."""
+    from shape_library import warm_engine
+
+    from .hierarchy import _shape_ids
+
+    pred = warm_engine.get_bundle_predictor()
+    if pred is None:
+        raise HTTPException(503, f"hierarchy weights not found at {get_settings().hierarchy_weights}")
+    probs = warm_engine.class_probabilities(pred.model, img, box)
+    ids = _shape_ids(pred.bundles(probs, tradeoff, "darts")[0].labels)
+    if not ids:
+        raise HTTPException(422, "the hedged bundle holds no shape of this library; search without bundle_tradeoff")
+    return ids
+
+
+def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool, prior: bool | None = None,
+         bundle_tradeoff: float | None = None, consult_tagger: bool = True):
     settings = get_settings()
     if not 1 <= top_k <= 100:
         raise HTTPException(422, "top_k must be between 1 and 100")
+    if bundle_tradeoff is not None and not 0.0 <= bundle_tradeoff <= 1.0:
+        raise HTTPException(422, f"bundle_tradeoff must be in [0, 1], got {bundle_tradeoff}")
     img = decode_image(image_bytes, settings.max_image_pixels)
     box = parse_bbox(bbox, img)
     ids = parse_ids(shape_ids)
     engine = get_engine()
     if category and category not in engine.library.catalog.categories():
         raise HTTPException(422, f"unknown category {category!r}; known: {', '.join(engine.library.catalog.categories())}")
+    bundle = None
+    if bundle_tradeoff is not None:
+        with heavy():
+            bundle = _bundle_ids(img, box, bundle_tradeoff)
+        ids = bundle if ids is None else [i for i in ids if i in set(bundle)]
+        if not ids:
+            raise HTTPException(422, "none of shape_ids is in the hedged bundle")
     with heavy(), engine_lock:
         subset, prior_ms = None, 0.0
         if prior is None:  # by default only where the viewpoint model knows every category searched
@@ -88,7 +121,11 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
             result.timing_ms["total"] = round(result.timing_ms["total"] + prior_ms, 2)
     if ids is not None and result.candidates == 0:
         raise HTTPException(422, "none of shape_ids is an indexed shape")
-    return engine, img, result
+    none, top = False, None
+    if consult_tagger:
+        with heavy():
+            none, top = tagger_verdict(engine.library, img, box, category, ids)
+    return engine, img, result, (none, top, bundle)
 
 
 @router.post("", response_model=SearchOut, responses={413: {"model": ErrorOut}, 415: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
@@ -103,11 +140,14 @@ async def search(
     overlay: bool = Form(False, description="also return, per match, the overlay PNG as a data URL"),
     prior: bool | None = Form(None, description="score only the poses near the S1 viewpoint prediction (and its "
                               "front/back flip); default: on when the server sets a prior radius"),
+    bundle_tradeoff: float | None = Form(None, description="restrict the search to the shapes of the hedged Vec2Bundle "
+                                         "answer (DARTS) at this trade-off in [0, 1]; 0 = one shape, 1 = all"),
 ) -> SearchOut:
     data = await read_upload(image, get_settings().max_upload_bytes)
     from starlette.concurrency import run_in_threadpool
 
-    engine, img, result = await run_in_threadpool(_run, data, bbox, category, shape_ids, top_k, refine, prior)
+    engine, img, result, (tag_none, tag_top, bundle) = await run_in_threadpool(
+        _run, data, bbox, category, shape_ids, top_k, refine, prior, bundle_tradeoff)
     matches = [MatchOut(**m.as_dict()) for m in result.matches]
     if overlay:
         def draw() -> list[str]:
@@ -118,9 +158,11 @@ async def search(
         for m, png in zip(matches, await run_in_threadpool(draw)):
             m.overlay_png = png
     png = matches[0].overlay_png if matches else None
-    return SearchOut(matches=matches, no_match=result.no_match,
+    reason = "tagger" if tag_none else ("score" if result.no_match else None)
+    return SearchOut(matches=matches, no_match=result.no_match or tag_none, no_match_reason=reason,
+                     category_probability=tag_top, bundle=bundle,
                      no_match_threshold=engine.no_match_threshold_deg, timing_ms=result.timing_ms, candidates=result.candidates,
-                     photo_box=[float(v) for v in result.photo_box], overlay_png=png)
+                     stage=result.stage, photo_box=[float(v) for v in result.photo_box], overlay_png=png)
 
 
 @router.post("/overlay.png", response_class=Response, responses={200: {"content": {"image/png": {}}}, 422: {"model": ErrorOut}},
@@ -135,7 +177,8 @@ async def search_overlay(
     data = await read_upload(image, get_settings().max_upload_bytes)
     from starlette.concurrency import run_in_threadpool
 
-    engine, img, result = await run_in_threadpool(_run, data, bbox, category, shape_ids, max(5, rank + 1), True)
+    engine, img, result, _ = await run_in_threadpool(_run, data, bbox, category, shape_ids, max(5, rank + 1), True, None,
+                                                     None, False)
     if not 0 <= rank < len(result.matches):
         raise HTTPException(422, f"rank must be between 0 and {len(result.matches) - 1}")
     with engine_lock:
