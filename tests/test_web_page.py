@@ -183,6 +183,15 @@ def load_photo(driver, path: Path):
     driver.find_element(By.ID, "photo-input").send_keys(str(path))
 
 
+SHOT_DIR = REPO / "var" / "test-screenshots"
+
+
+def shot(driver, name: str) -> None:
+    """Save what the browser shows, for a person to look at (var/test-screenshots/, not committed)."""
+    SHOT_DIR.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SHOT_DIR / f"{name}.png"))
+
+
 def api_shapes(base) -> list[dict]:
     r = httpx.get(f"{base}/v1/shapes", timeout=10)
     r.raise_for_status()
@@ -304,8 +313,13 @@ def test_search_with_a_drawn_box(server, driver, files):
     assert "ms" in driver.find_element(By.ID, "timing-total").text
     assert not driver.find_element(By.ID, "search-button").get_attribute("disabled")
     driver.execute_script("document.getElementById('results-summary').scrollIntoView()")
-    driver.save_screenshot("/tmp/web_search.png")
+    shot(driver, "search")
     assert not console_errors(driver, ignore_http_errors=True)
+
+    # Choosing the same file again starts over (the input must not keep its value, or no change fires).
+    assert driver.find_element(By.ID, "photo-input").get_attribute("value") == ""
+    load_photo(driver, files["photo"])
+    wait(driver, 10).until(lambda d: canvas.get_attribute("data-box") == "" and not d.find_elements(By.CSS_SELECTOR, "#results .match-card"))
 
 
 def test_upload_error_shows_the_server_detail(server, driver, files):
@@ -399,6 +413,7 @@ def test_library_lists_shapes_with_thumbnails(server, driver):
     driver.find_element(By.CSS_SELECTOR, "#library-category option[value='car']").click()
     cards = driver.find_elements(By.CSS_SELECTOR, "#shape-grid .shape-card")
     assert [c.find_element(By.CSS_SELECTOR, ".shape-category").text for c in cards] == ["car"]
+    shot(driver, "library")
     assert not console_errors(driver, ignore_http_errors=True)
 
 
@@ -453,6 +468,7 @@ def test_batch_job_progress_and_results(server, driver, files):
     assert "done" in row.text
     row.click()
     wait(driver, 10).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#job-items tr")) == 3 and status.text == "done")
+    shot(driver, "batch")
     assert not console_errors(driver, ignore_http_errors=True)
 
 

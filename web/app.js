@@ -1010,6 +1010,7 @@
     $("#photo-input").addEventListener("change", (e) => {
       const f = e.target.files && e.target.files[0];
       if (f) setPhoto(f);
+      e.target.value = "";   // choosing the same file again must fire "change" again
     });
     wireDropZone($("#drop-zone"), (files) => {
       const f = firstImage(files) || files[0];
