@@ -43,16 +43,26 @@ def reset_engine() -> None:
 
 
 @lru_cache(maxsize=8)
-def _weights(field: str):
-    """A shipped model named by its settings field (its registry entry is imported with `models`)."""
-    from models import checkpoint, normals, rotation, viewpoint  # noqa: F401  (register the models)
+def _checkpoint(field: str):
+    """(model, meta) of the shipped weights named by a settings field, or None when the file is absent."""
+    from models import checkpoint
 
     settings = get_settings()
     path = getattr(settings, field)
     if not path.is_file():
         return None
-    model, _ = checkpoint.load(path, settings.torch_device())
-    return model
+    return checkpoint.load(path, settings.torch_device())
+
+
+def reset_models() -> None:
+    """Forget every loaded model, so the next request reads the weights the settings name now."""
+    _checkpoint.cache_clear()
+    _labelled.cache_clear()
+
+
+def _weights(field: str):
+    loaded = _checkpoint(field)
+    return None if loaded is None else loaded[0]
 
 
 def get_viewpoint_model():
@@ -98,17 +108,13 @@ def class_probabilities(model, image, box=None):
 
 @lru_cache(maxsize=2)
 def _labelled(field: str):
-    from models import checkpoint, tagger  # noqa: F401  (registers the model)
     from models.bundle_predictor import BundlePredictor
 
-    settings = get_settings()
-    path = getattr(settings, field)
-    if not path.is_file():
+    loaded = _checkpoint(field)
+    if loaded is None:
         return None
-    if field == "hierarchy_weights":
-        return BundlePredictor.load(path, settings.torch_device())
-    model, meta = checkpoint.load(path, settings.torch_device())
-    return Tagger(model, meta.get("none_threshold", 0.5))
+    model, meta = loaded
+    return BundlePredictor(model, meta) if field == "hierarchy_weights" else Tagger(model, meta.get("none_threshold", 0.5))
 
 
 def get_tagger() -> Tagger | None:

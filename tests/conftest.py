@@ -36,3 +36,27 @@ def shared_library() -> Path:
     if not (SHARED_LIBRARY / "MANIFEST.json").is_file():
         pytest.skip("../shared/shape_library not present")
     return SHARED_LIBRARY
+
+
+def three_shape_index(tmp: Path, cfg):
+    """A box, a cylinder (category misc) and a cone (other), their views rendered with `cfg`, and the
+    codes of a small random matching network: (library, views, model, features)."""
+    import torch
+
+    from models.matching import MatchingConfig, MatchingNet
+    from shape_library.features import FeatureIndex
+    from shape_library.index import ViewIndex
+    from shape_library.library import ShapeLibrary
+
+    lib = ShapeLibrary(tmp / "var")
+    for name, cat, mesh in [("box", "misc", marked_box()), ("cyl", "misc", trimesh.creation.cylinder(0.3, 1.5)),
+                            ("cone", "other", trimesh.creation.cone(0.5, 1.2))]:
+        f = tmp / f"{name}.ply"
+        mesh.export(f)
+        lib.add(f, name=name, category=cat)
+    views = ViewIndex(tmp / "index", lib, cfg)
+    views.sync(progress=False)
+    torch.manual_seed(0)
+    model = MatchingNet(MatchingConfig(input_size=32, widths=(8, 8, 8, 8, 8), fusion_channels=8, init_std=0.2)).eval()
+    return lib, views, model, FeatureIndex(views, model, "test-weights")
+

@@ -6,17 +6,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import trimesh
 from PIL import Image
 
-from conftest import marked_box
+from conftest import three_shape_index
 from models.embedding import CodeEmbedding, EmbeddingConfig
 from models.matching import MatchingConfig, MatchingNet
 from shape_library.ann import AnnIndex, first_stage
-from shape_library.features import FeatureIndex
 from shape_library.grid import PoseGrid
-from shape_library.index import ViewIndex, ViewIndexConfig
-from shape_library.library import ShapeLibrary
+from shape_library.index import ViewIndexConfig
 from shape_library.search import SearchEngine
 
 pytest.importorskip("faiss")
@@ -106,17 +103,8 @@ CFG = ViewIndexConfig(grid=PoseGrid(6, 3, 3), canvas=64, crop=32)
 
 
 def _library(tmp):
-    lib = ShapeLibrary(tmp / "var")
-    for name, cat, mesh in [("box", "misc", marked_box()), ("cyl", "misc", trimesh.creation.cylinder(0.3, 1.5)),
-                            ("cone", "other", trimesh.creation.cone(0.5, 1.2))]:
-        f = tmp / f"{name}.ply"
-        mesh.export(f)
-        lib.add(f, name=name, category=cat)
-    views = ViewIndex(tmp / "index", lib, CFG)
-    views.sync(progress=False)
-    torch.manual_seed(0)
-    model = MatchingNet(MatchingConfig(input_size=32, widths=(8, 8, 8, 8, 8), fusion_channels=8, init_std=0.2)).eval()
-    return lib, FeatureIndex(views, model, "test-weights"), model
+    lib, _, model, features = three_shape_index(tmp, CFG)
+    return lib, features, model
 
 
 def test_search_switches_to_ann_by_size(tmp_path):

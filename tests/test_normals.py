@@ -135,9 +135,9 @@ def tiny_weights(tmp_path, monkeypatch, data_dir):
     path = checkpoint.save(model, "normals-cpu", tmp_path / "normals.pt")
     monkeypatch.setenv("SHAPESEARCH_NORMALS_WEIGHTS", str(path))
     settings.get_settings.cache_clear()
-    warm_engine._weights.cache_clear()
+    warm_engine.reset_models()
     yield path
-    warm_engine._weights.cache_clear()
+    warm_engine.reset_models()
     settings.get_settings.cache_clear()
 
 
@@ -178,12 +178,12 @@ def test_normals_endpoint_503_without_weights(data_dir, tmp_path, monkeypatch):
 
     monkeypatch.setenv("SHAPESEARCH_NORMALS_WEIGHTS", str(tmp_path / "absent.pt"))
     settings.get_settings.cache_clear()
-    warm_engine._weights.cache_clear()
+    warm_engine.reset_models()
     try:
         res = TestClient(create_app()).post("/v1/normals", files={"image": ("p.png", _png(), "image/png")})
         assert res.status_code == 503 and "normals weights" in res.json()["detail"]
     finally:
-        warm_engine._weights.cache_clear()
+        warm_engine.reset_models()
         settings.get_settings.cache_clear()
 
 

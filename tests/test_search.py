@@ -7,13 +7,11 @@ import torch
 import trimesh
 from PIL import Image
 
-from conftest import marked_box
+from conftest import three_shape_index
 from models import checkpoint
-from models.matching import MatchingConfig, MatchingNet
 from shape_library.features import FeatureIndex, crops_to_tensor
 from shape_library.grid import PoseGrid
-from shape_library.index import ViewIndex, ViewIndexConfig
-from shape_library.library import ShapeLibrary
+from shape_library.index import ViewIndexConfig
 from shape_library.search import SearchEngine, photo_crop, photos_to_tensor
 
 CFG = ViewIndexConfig(grid=PoseGrid(6, 3, 3), canvas=64, crop=32)
@@ -22,17 +20,7 @@ CFG = ViewIndexConfig(grid=PoseGrid(6, 3, 3), canvas=64, crop=32)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("search")
-    lib = ShapeLibrary(tmp / "var")
-    for name, cat, mesh in [("box", "misc", marked_box()), ("cyl", "misc", trimesh.creation.cylinder(0.3, 1.5)),
-                            ("cone", "other", trimesh.creation.cone(0.5, 1.2))]:
-        f = tmp / f"{name}.ply"
-        mesh.export(f)
-        lib.add(f, name=name, category=cat)
-    views = ViewIndex(tmp / "index", lib, CFG)
-    views.sync(progress=False)
-    torch.manual_seed(0)
-    model = MatchingNet(MatchingConfig(input_size=32, widths=(8, 8, 8, 8, 8), fusion_channels=8, init_std=0.2)).eval()
-    features = FeatureIndex(views, model, "test-weights")
+    lib, views, model, features = three_shape_index(tmp, CFG)
     return lib, views, model, SearchEngine(lib, features, model), tmp
 
 
