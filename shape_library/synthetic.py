@@ -464,6 +464,21 @@ class _Sprite:
     shape_id: int
 
 
+def paste_rgba(img: np.ndarray, rgba: np.ndarray, x0: int, y0: int) -> tuple[slice, slice, np.ndarray] | None:
+    """Alpha-blend a float RGBA patch (values in [0, 1]) into a float RGB image at (x0, y0), clipped
+    to the image; returns the rows, columns and alpha of the pasted part (None when fully outside)."""
+    H, W = img.shape[:2]
+    h, w = rgba.shape[:2]
+    ax0, ay0, ax1, ay1 = max(0, x0), max(0, y0), min(W, x0 + w), min(H, y0 + h)
+    if ax1 <= ax0 or ay1 <= ay0:
+        return None
+    part = rgba[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0]
+    a = part[..., 3:4]
+    rows, cols = slice(ay0, ay1), slice(ax0, ax1)
+    img[rows, cols] = img[rows, cols] * (1 - a) + part[..., :3] * a
+    return rows, cols, a[..., 0]
+
+
 class SyntheticGenerator:
     """Makes samples of `shape_ids` (all library shapes when None); reuse it for many samples.
 
@@ -821,20 +836,10 @@ class SyntheticGenerator:
                 im = im.filter(ImageFilter.GaussianBlur(blur))
             x0 = int(px * W) - nw // 3 if px < 0 else int(px * (W - nw * 0.6))
             y0 = int(py * H) - nh // 3 if py < 0 else int(py * (H - nh * 0.6))
-            self._paste(img, np.asarray(im, np.float32) / 255.0, x0, y0)
+            paste_rgba(img, np.asarray(im, np.float32) / 255.0, x0, y0)
             drawn += 1
         return drawn
 
-    @staticmethod
-    def _paste(img: np.ndarray, rgba: np.ndarray, x0: int, y0: int) -> None:
-        H, W = img.shape[:2]
-        h, w = rgba.shape[:2]
-        ax0, ay0, ax1, ay1 = max(0, x0), max(0, y0), min(W, x0 + w), min(H, y0 + h)
-        if ax1 <= ax0 or ay1 <= ay0:
-            return
-        part = rgba[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0]
-        a = part[..., 3:4]
-        img[ay0:ay1, ax0:ax1] = img[ay0:ay1, ax0:ax1] * (1 - a) + part[..., :3] * a
 
     def _add_shadow(self, rng, img: np.ndarray, cover: np.ndarray) -> None:
         """A soft shadow cast on a ground behind/below the object: the silhouette squashed towards its base."""

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .synthetic import SyntheticConfig, SyntheticGenerator, sample_rng
+from .synthetic import SyntheticConfig, SyntheticGenerator, paste_rgba, sample_rng
 
 #: Sprites: photo-like objects on a plain background, nothing else in the frame.
 SPRITE_CONFIG = dict(
@@ -139,14 +139,12 @@ class SceneComposer:
             p = np.asarray(Image.fromarray(np.ascontiguousarray(patch)).resize((w, h), Image.BILINEAR), np.float32) / 255.0
             px = int(rng.integers(-w // 6, max(S - w + w // 6, -w // 6 + 1)))
             py = int(rng.integers(-h // 6, max(S - h + h // 6, -h // 6 + 1)))
-            ax0, ay0, ax1, ay1 = max(0, px), max(0, py), min(S, px + w), min(S, py + h)
-            if ax1 <= ax0 or ay1 <= ay0:
+            pasted = paste_rgba(img, p, px, py)
+            if pasted is None:
                 continue
-            part = p[ay0 - py:ay1 - py, ax0 - px:ax1 - px]
-            a = part[..., 3:4]
-            img[ay0:ay1, ax0:ax1] = img[ay0:ay1, ax0:ax1] * (1 - a) + part[..., :3] * a
-            cover = a[..., 0] >= 0.5
-            owner[ay0:ay1, ax0:ax1][cover] = k
+            rows, cols, a = pasted
+            cover = a >= 0.5
+            owner[rows, cols][cover] = k
             areas[k] = int(cover.sum())
         kept = [sprite_rows[k] for k, area in areas.items()
                 if area > 0 and (owner == k).sum() >= (1 - self.config.max_hidden) * area]
