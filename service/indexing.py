@@ -25,7 +25,7 @@ def _set(**kw) -> None:
 
 
 def _run() -> None:
-    from shape_library.bootstrap import bootstrap, build_codes, view_index_from_settings
+    from shape_library.bootstrap import bootstrap, build_index_and_codes, view_index_from_settings
 
     settings = get_settings()
     try:
@@ -37,8 +37,7 @@ def _run() -> None:
         def progress(done: int, total: int) -> None:
             _set(done=done, total=total)
 
-        views.sync(progress=True, on_shape=progress)
-        build_codes(settings, views, progress=True)
+        build_index_and_codes(settings, views, on_shape=progress)
         _set(state="ready", done=len(library.shapes()), finished=time.time())
         log.info("view index ready")
     except Exception as exc:  # reported on /healthz, the API keeps serving

@@ -38,9 +38,7 @@ def bootstrap(settings: Settings | None = None, build_index: bool = True, progre
         for path, err in report.errors:
             log.warning("rejected %s: %s", path, err)
     if build_index:
-        views = view_index_from_settings(settings, library)
-        views.sync(progress=progress)
-        build_codes(settings, views, progress)
+        build_index_and_codes(settings, view_index_from_settings(settings, library), progress=progress)
     return library
 
 
@@ -63,10 +61,22 @@ def feature_index_from_settings(settings: Settings, views: ViewIndex, weights=No
     return model, FeatureIndex(views, model, checkpoint.file_hash(weights), device=device)
 
 
-def build_codes(settings: Settings, views: ViewIndex, progress: bool = True) -> None:
-    """Rendering-stream codes for every indexed shape, when the matching weights are present."""
+def build_index_and_codes(settings: Settings, views: ViewIndex, on_shape=None, progress: bool = True) -> None:
+    """Render missing views and compute each shape's codes as soon as its views exist, so a search
+    during a long first build finds the codes on disk instead of computing them in the request."""
     parts = feature_index_from_settings(settings, views)
     if parts is None:
         log.warning("no matching weights at %s: search is unavailable", settings.matching_weights)
-        return
-    parts[1].sync([s.id for s in views.library.shapes() if views.has(s.id)], progress=progress)
+
+    first = [True]
+
+    def shape_done(done: int, total: int) -> None:
+        # Called once before rendering (codes of the shapes already rendered, with a progress bar)
+        # and after each shape (its codes; the others are cached).
+        if parts is not None:
+            parts[1].sync([s.id for s in views.library.shapes() if views.has(s.id)], progress=progress and first[0])
+        first[0] = False
+        if on_shape:
+            on_shape(done, total)
+
+    views.sync(progress=progress, on_shape=shape_done)

@@ -71,3 +71,32 @@ def test_changed_config_uses_a_new_key(tmp_path):
     a = ViewIndex(tmp_path / "index", lib, CFG)
     b = ViewIndex(tmp_path / "index", lib, ViewIndexConfig(grid=PoseGrid(3, 3, 2), canvas=64, crop=32))
     assert a.root != b.root
+
+
+def test_codes_follow_each_shape_during_the_first_build(tmp_path):
+    """A search during a long first build must find each rendered shape's codes on disk, not compute them."""
+    import torch
+
+    from models import checkpoint
+    from models.matching import MatchingConfig, MatchingNet
+    from shape_library.bootstrap import build_index_and_codes
+    from shape_library.features import FeatureIndex
+    from shape_library.settings import Settings
+
+    lib = _library(tmp_path)
+    views = ViewIndex(tmp_path / "index", lib, CFG)
+    torch.manual_seed(0)
+    model = MatchingNet(MatchingConfig(input_size=32, widths=(8, 8, 8, 8, 8), fusion_channels=8))
+    weights = checkpoint.save(model, "matching-cpu", tmp_path / "w.pt")
+    features = FeatureIndex(views, model, checkpoint.file_hash(weights))
+    shapes = lib.shapes()
+    seen = []
+
+    def on_shape(done, total):
+        seen.append((done, [views.has(s.id) for s in shapes], [features.path(s.id).is_file() for s in shapes]))
+
+    build_index_and_codes(Settings(data_dir=tmp_path / "var", matching_weights=weights), views, on_shape, progress=False)
+    assert [d for d, _, _ in seen] == [0, 1, 2]
+    assert seen[0][1] == [False, False] and seen[-1][1] == [True, True]
+    for _, has_views, has_codes in seen:
+        assert has_codes == has_views
