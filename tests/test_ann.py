@@ -176,3 +176,25 @@ def test_distilled_first_stage_keeps_the_exhaustive_top1():
         sids, poses = first_stage(ann, pcodes[q], len(codes) // 10)
         hits += int(best[q] in set((sids * V + poses).tolist()))
     assert hits / 40 >= 0.7, hits
+
+
+def test_bench_copies_embed_exactly_like_their_codes():
+    """The FAISS benchmark's derived copies: FAISS must hold the true embeddings of the codes the
+    re-ranking scores (by the render side's linearity), and donors are other shapes of the category."""
+    from models.bench_faiss import SyntheticLibrary
+
+    torch.manual_seed(0)
+    emb = CodeEmbedding(EmbeddingConfig(code_dim=D, dim=8, hidden=16, render_hidden=0)).eval()
+    emb.set_stats(torch.randn(100, D), torch.randn(100, D) * 0.5 + 0.2)
+    real = torch.randn(6, V, D).half()
+    cats = np.array(["a", "a", "a", "b", "b", "b"])
+    lib = SyntheticLibrary(real, cats, emb, n=20, lam=(0.2, 0.4), noise=0.05, seed=0)
+    poses = np.arange(0, V, 7)
+    for s in (0, 7, 19):
+        with torch.no_grad():
+            want = emb.embed_render(lib.shape_codes(s)).numpy()
+        assert np.allclose(lib.vectors(s), want, atol=1e-4)
+        got = lib.codes_at(np.full(len(poses), s), poses).float()
+        assert torch.allclose(got, lib.shape_codes(s)[torch.from_numpy(poses)], atol=1e-2)
+    assert all(cats[a] == cats[b] and a != b for a, b in zip(lib.a, lib.b))
+    assert not torch.allclose(lib.shape_codes(7), lib.shape_codes(8))
