@@ -94,7 +94,9 @@ def main(argv=None) -> int:
 
     # 2. bundle-restricted search ----------------------------------------------------------------
     photos = _photos(library, in_ids, args.photos, args.seed + 1)
-    modes = {"full search": None, **{f"DARTS bundle, tradeoff {t}": t for t in TRADEOFFS}}
+    modes = {"full search": None, "category given (upper bound)": "oracle", "tagger's categories (p ≥ its threshold)": "tagger",
+             **{f"DARTS bundle, tradeoff {t}": t for t in TRADEOFFS}}
+    cat_ids = {c: [s.id for s in library.shapes() if s.category == c] for c in lib_cats}
     stats = {m: {"shape_ok": [], "pose_ok": [], "candidates": [], "ms": [], "in_bundle": []} for m in modes}
     total = len(library.shapes()) * len(views.config.grid)
     for s in tqdm(photos, desc="bundle search"):
@@ -102,7 +104,13 @@ def main(argv=None) -> int:
         for mode, t in modes.items():
             t0 = time.perf_counter()
             ids = None
-            if t is not None:
+            if t == "oracle":
+                ids = cat_ids[s.category]
+            elif t == "tagger":
+                probs = tag.probabilities(img, s.box)
+                ids = sorted(i for lab, p in zip(tag.labels, probs) if lab in cat_ids and p >= tag.threshold for i in cat_ids[lab])
+                ids = ids or None   # the tagger finds none of the library's categories: the full search
+            elif t is not None:
                 probs = class_probabilities(bundles.model, img, s.box)
                 labels = bundles.bundles(probs, t, "darts")[0].labels
                 ids = sorted({by_name[tuple(lab.split("/", 1))] for lab in labels if tuple(lab.split("/", 1)) in by_name})

@@ -129,6 +129,22 @@ def get_bundle_predictor():
         return _labelled("hierarchy_weights")
 
 
+def tagged_categories(library, image, box) -> list[str] | None:
+    """The library's categories worth searching by the tagger: those it finds (probability at or above
+    its threshold) plus those outside its vocabulary, which it cannot rule out.  None when the tagger is
+    absent or finds none of its categories (then the search covers everything and the no-match
+    verdict speaks)."""
+    tagger = get_tagger()
+    if tagger is None:
+        return None
+    probs = dict(zip(tagger.labels, (float(p) for p in tagger.probabilities(image, box))))
+    found = [c for c, p in probs.items() if p >= tagger.threshold]
+    if not found:
+        return None
+    cats = sorted({s.category for s in library.shapes()})
+    return [c for c in cats if c in found or c not in probs]
+
+
 def tagger_verdict(library, image, box, category: str | None, shape_ids: list[int] | None) -> tuple[bool, float | None]:
     """(none, the largest probability among the searched categories): whether the tagger says no
     searched category is in the photo.  Only where its vocabulary covers every category searched (it

@@ -135,3 +135,60 @@ def test_api_search_with_the_viewpoint_prior_scores_a_fraction_of_the_candidates
     assert 0 < pruned["candidates"] < full["candidates"] / 10 and "viewpoint_prior" in pruned["timing_ms"]
     assert default["candidates"] == pruned["candidates"]        # the default library's categories all have heads
     assert pruned["candidates"] % 3 == 0                        # the same poses of every shape
+
+
+def _png_bytes(arr) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_api_search_uses_the_tagger_for_no_match_and_the_category_filter(client, photos):
+    from models.checkpoint import WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / "tagger.pt").is_file():
+        pytest.skip("no tagger weights")
+    post = lambda img, **form: client.post("/v1/search", files={"image": ("p.png", _png_bytes(img), "image/png")},  # noqa: E731
+                                           data={"refine": "false", "prior": "false", **form})
+    # nothing of the library's categories: the tagger's veto, with its probability
+    grey = post(np.full((96, 96, 3), 128, np.uint8)).json()
+    threshold = client.post("/v1/tags", files={"image": ("g.png", _png_bytes(np.full((96, 96, 3), 128, np.uint8)), "image/png")}).json()["threshold"]
+    assert grey["no_match"] is True and grey["no_match_reason"] == "tagger" and grey["category_probability"] < threshold
+    # tag_filter: only the categories the tagger finds are searched
+    by_cat = {}
+    for s in client.get("/v1/shapes").json():
+        by_cat.setdefault(s["category"], []).append(s["id"])
+    restricted = 0
+    for p in [p for p in photos if p.category == "car"][:6]:
+        body = post(p.image, bbox=",".join(f"{v:.0f}" for v in p.box), tag_filter="true").json()
+        cats = body["tag_filter"]
+        if cats is None:
+            assert body["candidates"] == 3 * 2541 and body["no_match_reason"] == "tagger"
+            continue
+        assert body["candidates"] == sum(len(by_cat[c]) for c in cats) * 2541
+        assert {m["category"] for m in body["matches"]} <= set(cats)
+        restricted += "car" in cats and len(cats) < len(by_cat)
+    assert restricted >= 3, "the tagger should narrow most clean car photos to a few categories including car"
+    assert post(photos[0].image).json()["tag_filter"] is None      # not asked for: the whole library
+
+
+def test_api_search_restricted_to_the_hedged_bundle(client, photos):
+    from models.checkpoint import WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / "hierarchy.pt").is_file():
+        pytest.skip("no hierarchy weights")
+    p = photos[0]
+    post = lambda **form: client.post("/v1/search", files={"image": ("p.png", _png_bytes(p.image), "image/png")},  # noqa: E731
+                                      data={"refine": "false", "prior": "false", "bbox": ",".join(f"{v:.0f}" for v in p.box), **form})
+    ids = sorted(s["id"] for s in client.get("/v1/shapes").json())
+    root = post(bundle_tradeoff="1").json()
+    assert sorted(root["bundle"]) == ids and root["candidates"] == len(ids) * 2541
+    specific = post(bundle_tradeoff="0")
+    if specific.status_code == 200:      # the single most likely class is one of the three shapes
+        body = specific.json()
+        assert len(body["bundle"]) == 1 and body["candidates"] == 2541 and body["matches"][0]["shape_id"] == body["bundle"][0]
+    else:
+        assert specific.status_code == 422 and "bundle" in specific.json()["detail"]
+    for bad in ("1.5", "-0.1", "nan"):
+        r = post(bundle_tradeoff=bad)
+        assert r.status_code == 422 and r.json()["detail"], bad

@@ -37,6 +37,7 @@ class SearchOut(BaseModel):
     category_probability: float | None = Field(
         None, description="the tagger's largest category probability (when it was consulted); below its threshold means none")
     bundle: list[int] | None = Field(None, description="the shapes the search was restricted to by the hedged bundle")
+    tag_filter: list[str] | None = Field(None, description="the categories searched when tag_filter was asked for")
     timing_ms: dict[str, float]
     candidates: int
     stage: str = Field("exhaustive", description="'exhaustive' (every candidate scored) or 'ann' (FAISS top-N re-ranked exactly)")
@@ -82,7 +83,7 @@ def _bundle_ids(img, box, tradeoff: float) -> list[int]:
 
 
 def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool, prior: bool | None = None,
-         bundle_tradeoff: float | None = None, consult_tagger: bool = True):
+         bundle_tradeoff: float | None = None, consult_tagger: bool = True, tag_filter: bool = False):
     settings = get_settings()
     if not 1 <= top_k <= 100:
         raise HTTPException(422, "top_k must be between 1 and 100")
@@ -101,6 +102,15 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
         ids = bundle if ids is None else [i for i in ids if i in set(bundle)]
         if not ids:
             raise HTTPException(422, "none of shape_ids is in the hedged bundle")
+    searched_cats = None
+    if tag_filter and not category:
+        from shape_library.warm_engine import tagged_categories
+
+        with heavy():
+            searched_cats = tagged_categories(engine.library, img, box)
+        if searched_cats is not None:
+            keep = {s.id for s in engine.library.shapes() if s.category in searched_cats}
+            ids = sorted(keep if ids is None else keep.intersection(ids))
     with heavy(), engine_lock:
         subset, prior_ms = None, 0.0
         if prior is None:  # by default only where the viewpoint model knows every category searched
@@ -125,7 +135,7 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
     if consult_tagger:
         with heavy():
             none, top = tagger_verdict(engine.library, img, box, category, ids)
-    return engine, img, result, (none, top, bundle)
+    return engine, img, result, (none, top, bundle, searched_cats)
 
 
 @router.post("", response_model=SearchOut, responses={413: {"model": ErrorOut}, 415: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
@@ -142,12 +152,14 @@ async def search(
                               "front/back flip); default: on when the server sets a prior radius"),
     bundle_tradeoff: float | None = Form(None, description="restrict the search to the shapes of the hedged Vec2Bundle "
                                          "answer (DARTS) at this trade-off in [0, 1]; 0 = one shape, 1 = all"),
+    tag_filter: bool = Form(False, description="without a category, search only the categories the tagger finds in "
+                            "the photo (and those outside its vocabulary); docs/eval_label_search.md"),
 ) -> SearchOut:
     data = await read_upload(image, get_settings().max_upload_bytes)
     from starlette.concurrency import run_in_threadpool
 
-    engine, img, result, (tag_none, tag_top, bundle) = await run_in_threadpool(
-        _run, data, bbox, category, shape_ids, top_k, refine, prior, bundle_tradeoff)
+    engine, img, result, (tag_none, tag_top, bundle, searched_cats) = await run_in_threadpool(
+        _run, data, bbox, category, shape_ids, top_k, refine, prior, bundle_tradeoff, True, tag_filter)
     matches = [MatchOut(**m.as_dict()) for m in result.matches]
     if overlay:
         def draw() -> list[str]:
@@ -160,7 +172,7 @@ async def search(
     png = matches[0].overlay_png if matches else None
     reason = "tagger" if tag_none else ("score" if result.no_match else None)
     return SearchOut(matches=matches, no_match=result.no_match or tag_none, no_match_reason=reason,
-                     category_probability=tag_top, bundle=bundle,
+                     category_probability=tag_top, bundle=bundle, tag_filter=searched_cats,
                      no_match_threshold=engine.no_match_threshold_deg, timing_ms=result.timing_ms, candidates=result.candidates,
                      stage=result.stage, photo_box=[float(v) for v in result.photo_box], overlay_png=png)
 
