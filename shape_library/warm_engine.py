@@ -145,6 +145,16 @@ def tagged_categories(library, image, box) -> list[str] | None:
     return [c for c in cats if c in found or c not in probs]
 
 
+def tag_filtered_ids(library, image, box, shape_ids: list[int] | None) -> tuple[list[int] | None, list[str] | None]:
+    """(shape ids to search, categories searched) under the tagger's category filter; the ids are
+    unchanged when the tagger does not narrow the search."""
+    cats = tagged_categories(library, image, box)
+    if cats is None:
+        return shape_ids, None
+    keep = {s.id for s in library.shapes() if s.category in cats}
+    return sorted(keep if shape_ids is None else keep.intersection(shape_ids)), cats
+
+
 def tagger_verdict(library, image, box, category: str | None, shape_ids: list[int] | None) -> tuple[bool, float | None]:
     """(none, the largest probability among the searched categories): whether the tagger says no
     searched category is in the photo.  Only where its vocabulary covers every category searched (it

@@ -282,6 +282,14 @@ def test_search_batch_end_to_end_with_results_downloads_and_metrics(api, tmp_pat
     assert "shapesearch_index_views 2541.0" in metrics
     assert 'route="/v1/jobs/{job_id}"' in metrics and jid not in metrics
 
+    # tag_filter travels with the job; "misc" is outside the tagger's vocabulary, so it is always searched
+    r = api.post("/v1/jobs", files=files[:1], data={"top_k": "1", "tag_filter": "true"})
+    tagged = _poll(api, r.json()["job_id"])
+    assert tagged["status"] == "done" and tagged["params"]["tag_filter"] is True
+    result = tagged["results"][0]["result"]
+    assert "tag_filter" in result and result["tag_filter"] in (None, ["misc"])
+    assert result["matches"][0]["shape_id"] == shape["id"]
+
     thumb = api.get(f"/v1/shapes/{shape['id']}/thumbnail.png")
     assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size == (160, 160)
     assert api.delete(f"/v1/shapes/{shape['id']}").status_code == 200

@@ -61,13 +61,16 @@ def search_item(job: Job, item: Item) -> dict:
     engine = warm_engine.get_engine()
     if engine is None:
         raise PermanentError(f"matching weights not found at {settings.matching_weights}")
+    shape_ids, searched_cats = params.get("shape_ids"), None
+    if params.get("tag_filter") and not params.get("category"):
+        shape_ids, searched_cats = warm_engine.tag_filtered_ids(engine.library, image, box, shape_ids)
     with warm_engine.lock:
-        result = engine.search(image, box, category=params.get("category"), shape_ids=params.get("shape_ids"),
+        result = engine.search(image, box, category=params.get("category"), shape_ids=shape_ids,
                                top_k=int(params.get("top_k", 5)), refine=bool(params.get("refine", True)))
         tag_none, tag_top = warm_engine.tagger_verdict(engine.library, image, box, params.get("category"), params.get("shape_ids"))
     return {"matches": [m.as_dict() for m in result.matches], "no_match": result.no_match or tag_none,
             "no_match_reason": "tagger" if tag_none else ("score" if result.no_match else None),
-            "category_probability": tag_top,
+            "category_probability": tag_top, "tag_filter": searched_cats,
             "photo_box": [float(v) for v in result.photo_box], "candidates": result.candidates,
             "timing_ms": result.timing_ms, "bbox": list(box) if box else None}
 

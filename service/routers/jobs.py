@@ -86,7 +86,7 @@ def _items_out(job_id: str, offset: int, limit: int | None) -> list[ItemOut]:
 
 
 def _validated_params(kind: str, category: str | None, shape_ids: str | None, top_k: int, refine: bool,
-                      boxes: str | None) -> tuple[dict, dict]:
+                      boxes: str | None, tag_filter: bool = False) -> tuple[dict, dict]:
     if kind not in ("search", "index", "reindex"):
         raise HTTPException(422, f"kind must be 'search', 'index' or 'reindex', not {kind!r}")
     if not 1 <= top_k <= 100:
@@ -103,6 +103,8 @@ def _validated_params(kind: str, category: str | None, shape_ids: str | None, to
         if not isinstance(box_map, dict) or not all(isinstance(v, str) for v in box_map.values()):
             raise HTTPException(422, "boxes must be a JSON object mapping file names to 'x0,y0,x1,y1'")
     params = {"category": category or None, "shape_ids": parse_ids(shape_ids), "top_k": top_k, "refine": refine}
+    if tag_filter:
+        params["tag_filter"] = True
     return params, box_map
 
 
@@ -118,6 +120,8 @@ async def create_job(
     top_k: int = Form(5),
     refine: bool = Form(True),
     boxes: str | None = Form(None, description='JSON object {"file name": "x0,y0,x1,y1"}'),
+    tag_filter: bool = Form(False, description="as in POST /v1/search: without a category, search only the "
+                            "categories the tagger finds in each photo"),
     idempotency_key: str | None = Header(None, description="repeat a submission safely: the same key returns the same job"),
     owner: str | None = Depends(caller),
 ) -> JSONResponse:
@@ -125,7 +129,7 @@ async def create_job(
     jobs = _store()
     if idempotency_key and (existing := jobs.by_idempotency_key(idempotency_key)):
         return JSONResponse(JobOut(**jobs.describe(jobs.get(existing))).model_dump(), status_code=200)
-    params, box_map = _validated_params(kind, category, shape_ids, top_k, refine, boxes)
+    params, box_map = _validated_params(kind, category, shape_ids, top_k, refine, boxes, tag_filter)
     job_id = uuid.uuid4().hex
     if kind in ("index", "reindex"):
         if owner is None and key_store().enabled():

@@ -104,13 +104,10 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
             raise HTTPException(422, "none of shape_ids is in the hedged bundle")
     searched_cats = None
     if tag_filter and not category:
-        from shape_library.warm_engine import tagged_categories
+        from shape_library.warm_engine import tag_filtered_ids
 
         with heavy():
-            searched_cats = tagged_categories(engine.library, img, box)
-        if searched_cats is not None:
-            keep = {s.id for s in engine.library.shapes() if s.category in searched_cats}
-            ids = sorted(keep if ids is None else keep.intersection(ids))
+            ids, searched_cats = tag_filtered_ids(engine.library, img, box, ids)
     with heavy(), engine_lock:
         subset, prior_ms = None, 0.0
         if prior is None:  # by default only where the viewpoint model knows every category searched
