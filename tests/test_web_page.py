@@ -294,7 +294,7 @@ def test_search_with_a_drawn_box(server, driver, files):
     (req,) = requests_to(driver, "/v1/search")
     assert req["fields"]["bbox"] == [",".join(map(str, box))]
     assert req["fields"]["image"] == ["file:photo.png"] and req["fields"]["top_k"] == ["3"]
-    assert req["fields"]["overlay"] == ["true"] and "category" not in req["fields"]
+    assert req["fields"]["overlay"] == ["true"] and "category" not in req["fields"] and "tag_filter" not in req["fields"]
     assert 0 <= sent[0] < sent[2] <= IMAGE_W and 0 <= sent[1] < sent[3] <= IMAGE_H
 
     names = {s["name"] for s in api_shapes(server)}
@@ -315,6 +315,14 @@ def test_search_with_a_drawn_box(server, driver, files):
     driver.execute_script("document.getElementById('results-summary').scrollIntoView()")
     shot(driver, "search")
     assert not console_errors(driver, ignore_http_errors=True)
+
+    # The tagger filter box adds tag_filter to the next search.
+    driver.find_element(By.ID, "tag-filter").click()
+    driver.find_element(By.ID, "search-button").click()
+    wait(driver, 90).until(lambda d: len(requests_to(d, "/v1/search")) == 2 and d.find_elements(By.CSS_SELECTOR, "#results .match-card"))
+    assert requests_to(driver, "/v1/search")[1]["fields"]["tag_filter"] == ["true"]
+    assert "null" not in driver.find_element(By.ID, "results-summary").text
+    driver.find_element(By.ID, "tag-filter").click()
 
     # Choosing the same file again starts over (the input must not keep its value, or no change fires).
     assert driver.find_element(By.ID, "photo-input").get_attribute("value") == ""

@@ -362,6 +362,7 @@
     if (bbox) fd.append("bbox", bbox);
     const category = $("#category-select").value;
     if (category) fd.append("category", category);
+    else if ($("#tag-filter").checked) fd.append("tag_filter", "true");
     if (ids.length) fd.append("shape_ids", ids.join(","));
     fd.append("top_k", String(topK));
     fd.append("overlay", "true");
@@ -400,12 +401,13 @@
     const matches = (data && data.matches) || [];
     const summary = $("#results-summary");
     const total = data && data.timing_ms && typeof data.timing_ms.total === "number" ? data.timing_ms.total : null;
-    summary.replaceChildren(
+    summary.replaceChildren(...[
       el("strong", { text: `${matches.length} match${matches.length === 1 ? "" : "es"}` }),
       el("span", { class: "muted", id: "timing-total", text: ` · server time ${total === null ? "–" : total.toFixed(0) + " ms"}` }),
       typeof data.candidates === "number" ? el("span", { class: "muted", text: ` · ${data.candidates.toLocaleString()} candidate views` }) : null,
       el("span", { class: "muted", text: ` · round trip ${elapsed.toFixed(0)} ms` }),
-    );
+      Array.isArray(data.tag_filter) ? el("span", { class: "muted", id: "tag-filter-used", text: ` · searched: ${data.tag_filter.join(", ")}` }) : null,
+    ].filter(Boolean));
     summary.hidden = false;
     $("#no-match").hidden = !data.no_match;
     document.body.dataset.noMatch = data.no_match ? "true" : "false";
