@@ -132,8 +132,8 @@ def get_bundle_predictor():
 def tagged_categories(library, image, box) -> list[str] | None:
     """The library's categories worth searching by the tagger: those it finds (probability at or above
     its threshold) plus those outside its vocabulary, which it cannot rule out.  None when the tagger is
-    absent or finds none of its categories (then the search covers everything and the no-match
-    verdict speaks)."""
+    absent or finds none of the library's categories (then the search covers everything and the
+    no-match verdict speaks)."""
     tagger = get_tagger()
     if tagger is None:
         return None
@@ -142,7 +142,7 @@ def tagged_categories(library, image, box) -> list[str] | None:
     if not found:
         return None
     cats = sorted({s.category for s in library.shapes()})
-    return [c for c in cats if c in found or c not in probs]
+    return [c for c in cats if c in found or c not in probs] or None   # none of them here: the veto speaks
 
 
 def tag_filtered_ids(library, image, box, shape_ids: list[int] | None) -> tuple[list[int] | None, list[str] | None]:
@@ -152,7 +152,8 @@ def tag_filtered_ids(library, image, box, shape_ids: list[int] | None) -> tuple[
     if cats is None:
         return shape_ids, None
     keep = {s.id for s in library.shapes() if s.category in cats}
-    return sorted(keep if shape_ids is None else keep.intersection(shape_ids)), cats
+    ids = sorted(keep if shape_ids is None else keep.intersection(shape_ids))
+    return (ids, cats) if ids else (shape_ids, None)   # the given shapes are all ruled out: the veto speaks
 
 
 def tagger_verdict(library, image, box, category: str | None, shape_ids: list[int] | None) -> tuple[bool, float | None]:
