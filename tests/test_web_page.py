@@ -434,6 +434,7 @@ def test_batch_job_progress_and_results(server, driver, files):
     paths = [files[f"batch{i}"] for i in range(3)]
     driver.find_element(By.ID, "batch-input").send_keys("\n".join(str(p) for p in paths))
     wait(driver, 10).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#batch-queue li")) == 3)
+    driver.find_element(By.ID, "batch-tag-filter").click()
     spy_requests(driver)
     submit.click()
 
@@ -449,7 +450,8 @@ def test_batch_job_progress_and_results(server, driver, files):
     assert job_id
     (req,) = requests_to(driver, "/v1/jobs")
     assert sorted(req["fields"]["image"]) == sorted(f"file:{p.name}" for p in paths)
-    assert req["fields"]["kind"] == ["search"] and req["fields"]["top_k"] == ["5"]
+    assert req["fields"]["kind"] == ["search"] and req["fields"]["top_k"] == ["5"] and req["fields"]["tag_filter"] == ["true"]
+    assert httpx.get(f"{server}/v1/jobs/{job_id}", timeout=30).json()["params"]["tag_filter"] is True
     rows = driver.find_elements(By.CSS_SELECTOR, "#job-items tr")
     assert len(rows) == 3
     names = {s["name"] for s in api_shapes(server)}

@@ -836,6 +836,7 @@
     fd.append("kind", "search");
     const cat = $("#batch-category").value;
     if (cat) fd.append("category", cat);
+    else if ($("#batch-tag-filter").checked) fd.append("tag_filter", "true");
     fd.append("top_k", String(topK));
     const btn = $("#batch-submit");
     btn.disabled = true;
