@@ -27,7 +27,7 @@ from tqdm import tqdm
 from shape_library.features import FeatureIndex
 from shape_library.index import ViewIndex, ViewIndexConfig
 from shape_library.search import SearchEngine
-from shape_library.warm_engine import Tagger, class_probabilities
+from shape_library.warm_engine import Tagger, class_probabilities, tag_filtered_ids
 
 from . import checkpoint
 from . import matching, tagger  # noqa: F401  (registers the models)
@@ -106,10 +106,8 @@ def main(argv=None) -> int:
             ids = None
             if t == "oracle":
                 ids = cat_ids[s.category]
-            elif t == "tagger":
-                probs = tag.probabilities(img, s.box)
-                ids = sorted(i for lab, p in zip(tag.labels, probs) if lab in cat_ids and p >= tag.threshold for i in cat_ids[lab])
-                ids = ids or None   # the tagger finds none of the library's categories: the full search
+            elif t == "tagger":     # exactly the search's tag_filter
+                ids, _ = tag_filtered_ids(library, img, s.box, None, tag)
             elif t is not None:
                 probs = class_probabilities(bundles.model, img, s.box)
                 labels = bundles.bundles(probs, t, "darts")[0].labels

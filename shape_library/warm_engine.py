@@ -129,12 +129,12 @@ def get_bundle_predictor():
         return _labelled("hierarchy_weights")
 
 
-def tagged_categories(library, image, box) -> list[str] | None:
+def tagged_categories(library, image, box, tagger: Tagger | None = None) -> list[str] | None:
     """The library's categories worth searching by the tagger: those it finds (probability at or above
     its threshold) plus those outside its vocabulary, which it cannot rule out.  None when the tagger is
     absent or finds none of the library's categories (then the search covers everything and the
     no-match verdict speaks)."""
-    tagger = get_tagger()
+    tagger = tagger or get_tagger()
     if tagger is None:
         return None
     probs = dict(zip(tagger.labels, (float(p) for p in tagger.probabilities(image, box))))
@@ -145,10 +145,11 @@ def tagged_categories(library, image, box) -> list[str] | None:
     return [c for c in cats if c in found or c not in probs] or None   # none of them here: the veto speaks
 
 
-def tag_filtered_ids(library, image, box, shape_ids: list[int] | None) -> tuple[list[int] | None, list[str] | None]:
+def tag_filtered_ids(library, image, box, shape_ids: list[int] | None,
+                     tagger: Tagger | None = None) -> tuple[list[int] | None, list[str] | None]:
     """(shape ids to search, categories searched) under the tagger's category filter; the ids are
     unchanged when the tagger does not narrow the search."""
-    cats = tagged_categories(library, image, box)
+    cats = tagged_categories(library, image, box, tagger)
     if cats is None:
         return shape_ids, None
     keep = {s.id for s in library.shapes() if s.category in cats}
