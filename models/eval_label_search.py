@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             if t == "oracle":
                 ids = cat_ids[s.category]
             elif t == "tagger":     # exactly the search's tag_filter
-                ids, _ = tag_filtered_ids(library, img, s.box, None, tag)
+                ids, _ = tag_filtered_ids(engine.searchable_shapes(), img, s.box, None, tag)
             elif t is not None:
                 probs = class_probabilities(bundles.model, img, s.box)
                 labels = bundles.bundles(probs, t, "darts")[0].labels

@@ -118,6 +118,10 @@ class SearchEngine:
         self.ann_top_n = ann_top_n or _setting("ann_top_n")
 
     # Candidates ---------------------------------------------------------------
+    def searchable_shapes(self) -> list:
+        """The library's shapes whose views are indexed (what a search can return)."""
+        return self._select(None, None)
+
     def _select(self, category: str | None, shape_ids: list[int] | None) -> list:
         shapes = [s for s in self.library.shapes() if self.views.has(s.id)]
         if category:

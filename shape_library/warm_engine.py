@@ -129,10 +129,10 @@ def get_bundle_predictor():
         return _labelled("hierarchy_weights")
 
 
-def tagged_categories(library, image, box, tagger: Tagger | None = None) -> list[str] | None:
-    """The library's categories worth searching by the tagger: those it finds (probability at or above
+def tagged_categories(shapes, image, box, tagger: Tagger | None = None) -> list[str] | None:
+    """The categories of `shapes` (the searchable ones) worth searching by the tagger: those it finds (probability at or above
     its threshold) plus those outside its vocabulary, which it cannot rule out.  None when the tagger is
-    absent or finds none of the library's categories (then the search covers everything and the
+    absent or finds none of these categories (then the search covers everything and the
     no-match verdict speaks)."""
     tagger = tagger or get_tagger()
     if tagger is None:
@@ -141,18 +141,18 @@ def tagged_categories(library, image, box, tagger: Tagger | None = None) -> list
     found = [c for c, p in probs.items() if p >= tagger.threshold]
     if not found:
         return None
-    cats = sorted({s.category for s in library.shapes()})
+    cats = sorted({s.category for s in shapes})
     return [c for c in cats if c in found or c not in probs] or None   # none of them here: the veto speaks
 
 
-def tag_filtered_ids(library, image, box, shape_ids: list[int] | None,
+def tag_filtered_ids(shapes, image, box, shape_ids: list[int] | None,
                      tagger: Tagger | None = None) -> tuple[list[int] | None, list[str] | None]:
-    """(shape ids to search, categories searched) under the tagger's category filter; the ids are
-    unchanged when the tagger does not narrow the search."""
-    cats = tagged_categories(library, image, box, tagger)
+    """(shape ids to search, categories searched) under the tagger's category filter over `shapes`,
+    the searchable (indexed) ones; the ids are unchanged when the tagger does not narrow the search."""
+    cats = tagged_categories(shapes, image, box, tagger)
     if cats is None:
         return shape_ids, None
-    keep = {s.id for s in library.shapes() if s.category in cats}
+    keep = {s.id for s in shapes if s.category in cats}
     ids = sorted(keep if shape_ids is None else keep.intersection(shape_ids))
     return (ids, cats) if ids else (shape_ids, None)   # the given shapes are all ruled out: the veto speaks
 

@@ -9,12 +9,9 @@ from shape_library import warm_engine
 LABELS = ("aeroplane", "boat", "car", "chair", "sofa", "table")
 
 
-class Library:
-    def __init__(self, cats):
-        self._shapes = [SimpleNamespace(id=i + 1, category=c) for i, c in enumerate(cats)]
-
-    def shapes(self):
-        return self._shapes
+def shapes(cats):
+    """Searchable shapes with ids 1, 2, ... of these categories."""
+    return [SimpleNamespace(id=i + 1, category=c) for i, c in enumerate(cats)]
 
 
 @pytest.fixture()
@@ -31,7 +28,7 @@ def _set(t, **p):
 
 
 def test_found_categories_plus_those_the_tagger_cannot_rule_out(tagger):
-    lib = Library(["car", "car", "boat", "misc"])
+    lib = shapes(["car", "car", "boat", "misc"])
     _set(tagger, car=0.9, sofa=0.4)
     assert warm_engine.tagged_categories(lib, None, None) == ["car", "misc"]
     assert warm_engine.tag_filtered_ids(lib, None, None, None) == ([1, 2, 4], ["car", "misc"])
@@ -39,7 +36,7 @@ def test_found_categories_plus_those_the_tagger_cannot_rule_out(tagger):
 
 
 def test_no_restriction_when_the_tagger_finds_nothing_here(tagger):
-    lib = Library(["car", "boat"])
+    lib = shapes(["car", "boat"])
     _set(tagger)                                           # nothing above the threshold
     assert warm_engine.tagged_categories(lib, None, None) is None
     _set(tagger, chair=0.8)                                # found, but the library has no chairs
@@ -51,4 +48,4 @@ def test_no_restriction_when_the_tagger_finds_nothing_here(tagger):
 
 def test_no_tagger_no_filter(monkeypatch):
     monkeypatch.setattr(warm_engine, "get_tagger", lambda: None)
-    assert warm_engine.tag_filtered_ids(Library(["car"]), None, None, None) == (None, None)
+    assert warm_engine.tag_filtered_ids(shapes(["car"]), None, None, None) == (None, None)

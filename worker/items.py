@@ -63,7 +63,7 @@ def search_item(job: Job, item: Item) -> dict:
         raise PermanentError(f"matching weights not found at {settings.matching_weights}")
     shape_ids, searched_cats = params.get("shape_ids"), None
     if params.get("tag_filter") and not params.get("category"):
-        shape_ids, searched_cats = warm_engine.tag_filtered_ids(engine.library, image, box, shape_ids)
+        shape_ids, searched_cats = warm_engine.tag_filtered_ids(engine.searchable_shapes(), image, box, shape_ids)
     with warm_engine.lock:
         result = engine.search(image, box, category=params.get("category"), shape_ids=shape_ids,
                                top_k=int(params.get("top_k", 5)), refine=bool(params.get("refine", True)))

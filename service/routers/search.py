@@ -107,7 +107,7 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
         from shape_library.warm_engine import tag_filtered_ids
 
         with heavy():
-            ids, searched_cats = tag_filtered_ids(engine.library, img, box, ids)
+            ids, searched_cats = tag_filtered_ids(engine.searchable_shapes(), img, box, ids)
     with heavy(), engine_lock:
         subset, prior_ms = None, 0.0
         if prior is None:  # by default only where the viewpoint model knows every category searched
