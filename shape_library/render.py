@@ -201,6 +201,19 @@ def pixel_rays(K: Intrinsics) -> np.ndarray:
     return np.dstack([(uu - K.cx) / K.fx, -(vv - K.cy) / K.fy, -np.ones_like(uu)])
 
 
+#: Brightest object grey of :func:`grey_on_white`.  `shade` clips at 1 and the lights add up to more
+#: than that, so in `RenderResult.color` a face turned to the key light is as white as the
+#: background: measured on library shapes, 21 % of the object's pixels under random rotations
+#: (29 % at the index's grid poses), and a third to a half of the views lose over a fifth of
+#: their silhouette that way.
+OBJECT_MAX_GREY = 215
+
+
+def grey_on_white(shading: np.ndarray, mask: np.ndarray, object_max: int = OBJECT_MAX_GREY) -> np.ndarray:
+    """(H, W) uint8 grey rendering on white whose object pixels all stay darker than the background."""
+    return np.where(mask, np.round(np.asarray(shading) * object_max), 255).astype(np.uint8)
+
+
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """Tight (x0, y0, x1, y1) box of a silhouette, exclusive max; None if empty."""
     ys, xs = np.nonzero(mask)

@@ -11,7 +11,7 @@ from conftest import marked_box
 from models import checkpoint
 from models.geometry import geodesic_distance, quaternion_to_matrix
 from models.rotation import RotationConfig, RotationNet
-from models.train_rotation import render_set, to_tensor
+from models.train_rotation import OBJECT_MAX, on_white, render_set, to_tensor
 from shape_library.library import ShapeLibrary
 from shape_library.render import Renderer
 
@@ -39,8 +39,31 @@ def test_render_set_draws_each_rotation_it_reports(one_shape, tmp_path):
 
     a, e, t = (torch.rad2deg(v) for v in matrix_to_euler(R[2]))
     with Renderer(48) as r:
-        img = r.render(lib.mesh(sid), float(a), float(e), float(t)).color[..., 0]
+        res = r.render(lib.mesh(sid), float(a), float(e), float(t))
+    img = on_white(res.shading, res.mask)
     assert np.abs(img.astype(int) - data["images"][2].astype(int)).mean() < 1.0
+    # every object pixel stays darker than the white background, lit faces included
+    assert (data["images"][data["images"] < 255] <= OBJECT_MAX).all() and (img[res.mask] < 255).all()
+
+
+def test_inplane_augment_turns_the_label_with_the_picture(one_shape):
+    """The turned rendering must have the outline of a rendering at the rotation the augmentation
+    reports (a wrong sign or order of Rz would give the opposite turn's)."""
+    from models.geometry import euler_to_matrix, matrix_to_euler
+    from models.train_rotation import inplane_augment
+
+    lib, sid = one_shape
+    R = euler_to_matrix(torch.deg2rad(torch.tensor(40.0)), torch.deg2rad(torch.tensor(25.0)), torch.tensor(0.0))
+    with Renderer(64) as r:
+        view = lambda a, e, t: on_white(*(lambda res: (res.shading, res.mask))(r.render(lib.mesh(sid), a, e, t)))  # noqa: E731
+        turned, R2 = inplane_augment(view(40.0, 25.0, 0.0)[None], R[None].float().numpy(), np.random.default_rng(2))
+        a, e, t = (float(torch.rad2deg(v)) for v in matrix_to_euler(torch.from_numpy(R2[0]).double()))
+        assert abs(t) > 20  # the draw really turned it
+        want, opposite = view(a, e, t), view(a, e, -t)
+    assert abs(a - 40.0) < 1e-3 and abs(e - 25.0) < 1e-3
+    # silhouettes: the light turns with the picture, so the shading may differ, the outline may not
+    iou = lambda x, y: ((x < 250) & (y < 250)).sum() / ((x < 250) | (y < 250)).sum()  # noqa: E731
+    assert iou(turned[0], want) > 0.9 > iou(turned[0], opposite)
 
 
 @pytest.mark.parametrize("head", ["exp", "direct"])
@@ -95,3 +118,14 @@ def test_rotation_endpoint(data_dir):
     assert torch.allclose(M @ M.T, torch.eye(3), atol=1e-4)
     assert client.post("/v1/rotation", files={"image": ("r.png", b"GIF89a....", "image/gif")}).status_code == 415
     assert WEIGHTS.stat().st_size < 30 * 2**20 and "rerun" in WEIGHTS.with_suffix(".md").read_text()
+
+
+def test_brightness_augment_keeps_the_background_white_and_the_object_visible():
+    from models.train_rotation import brightness_augment
+
+    img = np.full((2, 16, 16), 255, np.uint8)
+    img[:, 4:12, 4:12] = OBJECT_MAX
+    img[:, 6, 6] = 10
+    out = brightness_augment(img, np.random.default_rng(0))
+    assert (out[img == 255] == 255).all() and (out[img < 255] < 255).all()
+    assert len({int(o[5, 5]) for o in out}) == 2  # each image drew its own gain
