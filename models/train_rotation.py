@@ -56,17 +56,12 @@ def render_set(library: ShapeLibrary, shape_ids: list[int], per_shape: int, seed
     with Renderer(size) as renderer:
         for i in tqdm(range(len(R)), desc=f"SO(3) renders ({per_shape}/shape)"):
             res = renderer.render(library.mesh(int(shapes[i])), float(a[i]), float(e[i]), float(t[i]))
-            images[i] = on_white(res.shading, res.mask)
+            images[i] = grey_on_white(res.shading, res.mask)
     out = {"images": images, "rotations": R.float().numpy(), "shapes": shapes}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(cache, **out)
     return out
-
-
-def on_white(shading: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The set's images: lit faces stay darker than the white background (see `grey_on_white`)."""
-    return grey_on_white(shading, mask, OBJECT_MAX)
 
 
 def brightness_augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -11,7 +11,8 @@ from conftest import marked_box
 from models import checkpoint
 from models.geometry import geodesic_distance, quaternion_to_matrix
 from models.rotation import RotationConfig, RotationNet
-from models.train_rotation import OBJECT_MAX, on_white, render_set, to_tensor
+from models.train_rotation import OBJECT_MAX, render_set, to_tensor
+from shape_library.render import grey_on_white as on_white
 from shape_library.library import ShapeLibrary
 from shape_library.render import Renderer
 
@@ -55,7 +56,10 @@ def test_inplane_augment_turns_the_label_with_the_picture(one_shape):
     lib, sid = one_shape
     R = euler_to_matrix(torch.deg2rad(torch.tensor(40.0)), torch.deg2rad(torch.tensor(25.0)), torch.tensor(0.0))
     with Renderer(64) as r:
-        view = lambda a, e, t: on_white(*(lambda res: (res.shading, res.mask))(r.render(lib.mesh(sid), a, e, t)))  # noqa: E731
+        def view(a, e, t):
+            res = r.render(lib.mesh(sid), a, e, t)
+            return on_white(res.shading, res.mask)
+
         turned, R2 = inplane_augment(view(40.0, 25.0, 0.0)[None], R[None].float().numpy(), np.random.default_rng(2))
         a, e, t = (float(torch.rad2deg(v)) for v in matrix_to_euler(torch.from_numpy(R2[0]).double()))
         assert abs(t) > 20  # the draw really turned it
