@@ -28,7 +28,7 @@ from tqdm import tqdm
 from shape_library.bootstrap import ensure_default_library
 from shape_library.importers import import_folder
 from shape_library.library import ShapeLibrary
-from shape_library.render import OBJECT_MAX_GREY as OBJECT_MAX, grey_on_white
+from shape_library.render import OBJECT_MAX_GREY as OBJECT_MAX, Renderer, grey_on_white
 from shape_library.settings import Settings
 
 from .reports import replace_block
@@ -43,7 +43,6 @@ HEADS = {"direct": "direct + smooth-L1", "flat": "S_flat", "exp": "S_exp (ours)"
 def render_set(library: ShapeLibrary, shape_ids: list[int], per_shape: int, seed: int, size: int,
                cache: Path | None = None) -> dict[str, np.ndarray]:
     """(N, size, size) uint8 grey renderings on white and their (N, 3, 3) rotations."""
-    from shape_library.render import Renderer
 
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
