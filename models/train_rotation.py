@@ -43,7 +43,6 @@ HEADS = {"direct": "direct + smooth-L1", "flat": "S_flat", "exp": "S_exp (ours)"
 def render_set(library: ShapeLibrary, shape_ids: list[int], per_shape: int, seed: int, size: int,
                cache: Path | None = None) -> dict[str, np.ndarray]:
     """(N, size, size) uint8 grey renderings on white and their (N, 3, 3) rotations."""
-
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
             return dict(z)
