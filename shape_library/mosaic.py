@@ -16,7 +16,7 @@ DEFAULT_SHAPES = ("airliner", "jet_fighter", "sailboat", "sedan", "pickup", "bus
 def grid_mosaic(out: Path, shape_names=None, library_path=None, cell: int = 96, columns: int = 12) -> Path:
     """One row per shape: `columns` grid poses spread over azimuth, at two elevations."""
     from .procedural import write_default_library
-    from .render import Renderer, crop_square, mask_box
+    from .render import Renderer, crop_square, grey_on_white, mask_box
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -41,7 +41,7 @@ def grid_mosaic(out: Path, shape_names=None, library_path=None, cell: int = 96, 
                 for col, idx in enumerate(picks):
                     a, e, t = grid.poses(idx)
                     res = r.render(mesh, float(a), float(e), float(t))
-                    crop, _ = crop_square(res.color, mask_box(res.mask), cell, 0.08)
+                    crop, _ = crop_square(grey_on_white(res.shading, res.mask), mask_box(res.mask), cell, 0.08, fill=(255,))
                     sheet.paste(crop, (col * cell, y + label_h))
                     draw.text((col * cell + 2, y + label_h + cell - 11), f"#{idx} a{a:.0f} e{e:.0f}", fill=(120, 0, 0))
         out = Path(out)

@@ -5,6 +5,7 @@ import threading
 import time
 import zipfile
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -292,6 +293,8 @@ def test_search_batch_end_to_end_with_results_downloads_and_metrics(api, tmp_pat
 
     thumb = api.get(f"/v1/shapes/{shape['id']}/thumbnail.png")
     assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size == (160, 160)
+    grey = np.asarray(Image.open(io.BytesIO(thumb.content)).convert("L"))
+    assert 0.02 < (grey < 255).mean() < 0.9 and grey.min() < 200  # the shape, darker than its white ground
     assert api.delete(f"/v1/shapes/{shape['id']}").status_code == 200
     assert api.get("/v1/shapes").json() == [] and api.delete(f"/v1/shapes/{shape['id']}").status_code == 404
 

@@ -126,13 +126,13 @@ def thumbnail(shape_id: ShapeId, size: int = Query(160, ge=32, le=512),
     shape = library.get(shape_id)
     if shape is None:
         raise HTTPException(404, f"no shape with id {shape_id}")
-    path = get_settings().data_dir / "thumbnails" / f"{shape.mesh_sha256}-{size}.png"
+    path = get_settings().data_dir / "thumbnails" / f"{shape.mesh_sha256}-{size}-grey.png"
     if not path.is_file():
-        from shape_library.render import Renderer
+        from shape_library.render import Renderer, grey_on_white
 
         with Renderer(size) as renderer:
             res = renderer.render(library.mesh(shape_id), 35.0, 20.0, 0.0)
         buf = io.BytesIO()
-        Image.fromarray(res.color).save(buf, "PNG", optimize=True)
+        Image.fromarray(grey_on_white(res.shading, res.mask)).save(buf, "PNG", optimize=True)
         atomic_write(path, buf.getvalue())
     return Response(path.read_bytes(), media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
