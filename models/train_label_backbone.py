@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--init-from", type=Path, default=checkpoint.WEIGHTS_DIR / "matching.pt",
+                   help="matching network whose photo stream starts the backbone")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    matching, _ = checkpoint.load(checkpoint.WEIGHTS_DIR / "matching.pt")
+    matching, _ = checkpoint.load(args.init_from)
     widths = tuple(matching.config.widths) if hasattr(matching.config, "widths") else (32, 64, 96, 96, 64)
     net = TwoTaskNet(widths, len(VOCAB), len(labels))
     net.backbone.load_state_dict(matching.photo_stream.state_dict())
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
 
     model = registry.create("tagger-cpu", labels=VOCAB, head="sigmoid", widths=widths)
     model.backbone.load_state_dict(net.backbone.state_dict())
-    meta = {"seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr, "minutes": (time.time() - t0) / 60,
+    meta = {"seed": args.seed, "init_from_sha": checkpoint.file_hash(args.init_from), "steps": args.steps, "batch": args.batch, "lr": args.lr, "minutes": (time.time() - t0) / 60,
             "final_loss": float(np.mean(losses[-100:])), "command": "python -m models.train_label_backbone " + " ".join(sys.argv[1:] if argv is None else argv)}
     checkpoint.save(model, "tagger-cpu", args.out, meta=meta)
     print(json.dumps(meta))

@@ -173,7 +173,7 @@ def write_reports(results: dict, meta: dict, out: Path) -> None:
         f"- data: {meta['train_renders']} grey renderings on white of {meta['train_shapes']} shapes (default library + "
         f"`{meta['library']}`) under uniform SO(3) rotations (object grey ≤ {meta.get('object_max_grey', 255)}), turned "
         f"about the optical axis at random and brightness-jittered in training; {meta['test_shapes']} shapes held out; backbone "
-        f"started from `{meta['init_from']}`'s rendering stream\n"
+        f"started from `{meta['init_from']}`'s rendering stream (sha256 {meta.get('init_from_sha') or '?'}…)\n"
         f"- training: {meta['steps']} steps x {meta['batch']}, AdamW lr {meta['lr']}, one-cycle, seed {meta['seed']}, "
         f"{meta['minutes_per_head']:.1f} min per head on {meta['hardware']}\n"
         f"- held-out shapes: median {r['median_deg']:.1f}°, Acc@π/6 {r['acc_pi6']:.3f}, Acc@π/12 {r['acc_pi12']:.3f}, "
@@ -242,6 +242,7 @@ def run(args) -> dict:
             "inplane_augment": bool(args.inplane_augment), "object_max_grey": OBJECT_MAX,
             "library": str(args.library), "minutes_per_head": float(np.mean(minutes)),
             "init_from": str(args.init_from.name) if args.init_from else None,
+            "init_from_sha": checkpoint.file_hash(args.init_from) if args.init_from and args.init_from.is_file() else None,
             "hardware": torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
             "command": f"python -m models.train_rotation --library {args.library} --steps {args.steps} --seed {args.seed}"}
     if not args.no_reports and shipped is not None:

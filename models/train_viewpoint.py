@@ -132,7 +132,7 @@ def model_card(path: Path, meta: dict, results: dict) -> None:
     path.with_suffix(".md").write_text(
         f"# S1 viewpoint model (`{path.name}`)\n\n"
         f"- model: `viewpoint-cpu`, S_exp heads (one per category: {', '.join(CATEGORIES)}, and a generic head), "
-        f"backbone started from `{meta['init_from']}`'s photo stream\n"
+        f"backbone started from `{meta['init_from']}`'s photo stream (sha256 {meta.get('init_from_sha') or '?'}…)\n"
         f"- data: {meta['train_photos']} synthetic photos of {meta['train_shapes']} shapes (default library + "
         f"`{meta['library']}`), mirrored and jittered; {meta['heldout_shapes']} shapes held out\n"
         f"- training: {meta['steps']} steps x {meta['batch']}, AdamW lr {meta['lr']}, one-cycle, seed {meta['seed']}, "
@@ -189,6 +189,7 @@ def run(args) -> dict:
             "train_photos": args.photos, "eval_photos": args.eval_photos, "train_shapes": len(train_ids),
             "heldout_shapes": len(heldout_ids), "categories": list(CATEGORIES), "library": str(args.library),
             "init_from": str(args.init_from.relative_to(REPO)) if args.init_from.is_absolute() and REPO in args.init_from.parents else str(args.init_from),
+            "init_from_sha": checkpoint.file_hash(args.init_from) if args.init_from.is_file() else None,
             "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
             "minutes_per_head": float(np.mean(minutes)),
             "command": f"python -m models.train_viewpoint --library {args.library} --steps {args.steps} --batch {args.batch} --seed {args.seed}"}
