@@ -32,3 +32,9 @@ def load(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
 
 def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def repo_path(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it, for model cards that do not name one machine's folders."""
+    p, repo = Path(path).resolve(), WEIGHTS_DIR.parent.parent
+    return str(p.relative_to(repo)) if repo in p.parents else str(path)

@@ -261,6 +261,7 @@ Geometric differential matching network (`{meta.get('model', 'matching-cpu')}`: 
   20 % of each category's shapes held out ({len(meta.get('heldout_shapes', []))} shapes: {held}).
   {meta.get('photos')} synthetic photos (`shape_library.synthetic`, seed {meta.get('seed')}) of the {len(meta.get('train_shapes', []))} training shapes;
   per photo {meta.get('pairs_per_photo')} grid renderings: {meta.get('pair_sampling')}.
+- **Views** (the rendering stream's input): view index `{meta.get('view_index')}`, renderer `{meta.get('renderer', 'flat-normals-v1')}`.
 - **Seed** {meta.get('seed')}; **training time** {meta.get('training_seconds', 0) / 60:.1f} min on {meta.get('hardware')}; final training MSE {meta.get('final_loss', float('nan')):.4f} rad².
 - **No-match threshold** (calibrated by `models.eval_matching`, used only when its balanced accuracy reaches {MIN_NO_MATCH_BALANCED_ACCURACY}): {meta.get('no_match_threshold_deg')}° (calibration: {json.dumps(meta.get('no_match_calibration', {}))}).
 - Weights stored as float16 ({weights.stat().st_size / 2**20:.1f} MB).
@@ -273,7 +274,7 @@ def write_reports(results: dict, args) -> None:
     cols = ["n", "p@5", "p@5_exact", "acc_pi6", "median_deg"]
     cols2 = ["n", "p@5", "acc_pi6", "median_deg", "shape_top1", "shape_top5"]
     md = "## Shape search evaluation (held-out synthetic photos)\n\n"
-    md += f"Weights `{results['weights']}`, {results['photos_per_set']} photos per set, photo seed {results['seed']}; produced by `python -m models.eval_matching`.\n\n"
+    md += f"Weights `{checkpoint.repo_path(results['weights'])}`, {results['photos_per_set']} photos per set, photo seed {results['seed']}; produced by `python -m models.eval_matching`.\n\n"
     md += "**1. Shape known** (photos of training shapes at new poses, new appearance):\n\n" + fmt_table(results["exp1_shape_known"], cols, "category") + "\n"
     md += "With refinement (27 rendered poses around each of the best 3 grid poses):\n\n" + fmt_table(results["exp1_refined"], ["n", "acc_pi6", "median_deg"], "category") + "\n"
     md += "**2. Only the category known** (all its shapes × 2,541 poses):\n\n" + fmt_table(results["exp2_category_known"], cols2, "category") + "\n"

@@ -176,12 +176,15 @@ def train(args) -> Path:
     meta = {
         "model": "embedding", "config": emb.config.to_dict(), "seed": args.seed, "steps": args.steps, "batch": args.batch,
         "lr": args.lr, "tau": args.tau, "photos": n_train, "pool_shapes": args.pool, "positives": args.positives,
-        "negatives": args.negatives, "matching_weights": str(args.matching), "matching_hash": checkpoint.file_hash(args.matching),
+        "negatives": args.negatives, "matching_weights": checkpoint.repo_path(args.matching), "matching_hash": checkpoint.file_hash(args.matching),
         "train_photos": args.train_photos, "heldout_photos": args.heldout_photos, "library_views": len(codes),
         "initial_loss": float(np.mean(losses[:20])), "final_loss": float(np.mean(losses[-50:])),
         "heldout": metrics, "training_seconds": round(elapsed, 1),
         "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "command": "python -m models.train_embedding " + " ".join(args.argv),
+        "command": " ".join(["python -m models.train_embedding", *args.argv]),
+        "options_in_effect": (f"--photos {args.photos} --steps {args.steps} --batch {args.batch} --negatives {args.negatives} "
+                              f"--positives {args.positives} --pool {args.pool} --dim {args.dim} --hidden {args.hidden} "
+                              f"--render-hidden {args.render_hidden} --tau {args.tau} --lr {args.lr} --seed {args.seed} --threads {args.threads}"),
     }
     if args.out:
         checkpoint.save(emb, "embedding", args.out, meta)
@@ -204,7 +207,7 @@ What: two small projections (photo side: MLP 1,024 → {meta['config']['hidden']
 Used by the FAISS first stage of the search (shape_library/ann.py) on large libraries; the render side reads only
 the stored render codes, so a library's view embeddings are derived without rendering.
 
-Trained with `{meta['command']}` ({meta['training_seconds'] / 60:.1f} min, {meta['hardware']}), seed {meta['seed']}:
+Trained with `{meta['command']}` (options in effect: `{meta.get('options_in_effect', '')}`; {meta['training_seconds'] / 60:.1f} min, {meta['hardware']}), seed {meta['seed']}:
 {meta['photos']} synthetic training photos ({meta['train_photos']}) of the training shapes of models/train_matching
 (var/train library, {meta['library_views']:,} views); per photo the teacher's best {meta['positives']} views among its own
 shape and {meta['pool_shapes'] - 1} other shapes of its category, plus {meta['negatives']} views drawn uniformly from the whole
