@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from shape_library.bootstrap import ensure_default_library
 from shape_library.importers import import_folder
-from shape_library.index import ViewIndex, ViewIndexConfig
+from shape_library.index import RENDERER_VERSION, ViewIndex, ViewIndexConfig
 from shape_library.library import ShapeLibrary
 from shape_library.settings import Settings
 
@@ -199,7 +199,7 @@ def train(args) -> Path:
     meta = {
         "model": args.model, "seed": args.seed, "steps": args.steps, "aux_weight": args.aux_weight, "batch": args.batch, "lr": args.lr, "photos": args.photos,
         "pairs_per_photo": sampling.per_photo, "pair_sampling": sampling.__dict__, "grid": grid.key,
-        "view_index": vcfg.key, "train_shapes": train_ids, "heldout_shapes": heldout_ids,
+        "view_index": vcfg.key, "renderer": RENDERER_VERSION, "train_shapes": train_ids, "heldout_shapes": heldout_ids,
         "shape_names": {s.id: f"{s.category}/{s.name}" for s in library.shapes()},
         "library": str(args.library) if args.library else None, "final_loss": float(np.mean(losses[-100:])),
         "training_seconds": round(elapsed, 1), "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",

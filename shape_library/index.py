@@ -30,7 +30,7 @@ from .catalog import IndexStatus
 from .grid import DEFAULT_GRID, PoseGrid
 from .library import ShapeLibrary
 
-RENDERER_VERSION = "flat-normals-v1"
+RENDERER_VERSION = "flat-normals-v2-grey215"  # v2: object greys kept below the white background
 FORMAT = 2  # 1: npz plus a .sha256 file beside it (still read); 2: the checksum inside the npz
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,11 @@ def render_crops(renderer, mesh, poses: np.ndarray, config: ViewIndexConfig, des
     """Grey square crops around the silhouette (what the rendering stream sees) and their canvas boxes.
 
     The one definition of a view, shared by the index, refinement and benchmarks, so
-    renderings made on the fly match the indexed ones exactly.
+    renderings made on the fly match the indexed ones exactly.  Greys come from `grey_on_white`:
+    with the renderer's clipped colour, faces turned to the key light were as white as the
+    background and half the views lost over a fifth of their outline.
     """
-    from .render import crop_square, mask_box
+    from .render import crop_square, grey_on_white, mask_box
 
     crops = np.full((len(poses), config.crop, config.crop), 255, np.uint8)
     boxes = np.zeros((len(poses), 4), np.float32)
@@ -71,7 +73,7 @@ def render_crops(renderer, mesh, poses: np.ndarray, config: ViewIndexConfig, des
         res = renderer.render(mesh, float(a), float(e), float(t), config.distance)
         box = mask_box(res.mask)
         if box is not None:
-            img, boxes[v] = crop_square(res.color[..., 0], box, config.crop, config.margin, fill=(255,))
+            img, boxes[v] = crop_square(grey_on_white(res.shading, res.mask), box, config.crop, config.margin, fill=(255,))
             crops[v] = np.asarray(img)
     return crops, boxes
 

@@ -100,3 +100,25 @@ def test_codes_follow_each_shape_during_the_first_build(tmp_path):
     assert seen[0][1] == [False, False] and seen[-1][1] == [True, True]
     for _, has_views, has_codes in seen:
         assert has_codes == has_views
+
+
+def test_views_keep_the_whole_outline_darker_than_the_background(tmp_path):
+    """A face turned to the key light must not vanish into the white background (it did with the
+    renderer's clipped colour: half the grid views lost over a fifth of their outline)."""
+    from shape_library.index import render_crops
+    from shape_library.render import OBJECT_MAX_GREY, Renderer, crop_square, mask_box
+
+    lib = _library(tmp_path)
+    mesh = lib.mesh(lib.shapes()[0].id)
+    poses = CFG.grid.poses()
+    lit = 0
+    with Renderer(CFG.canvas) as r:
+        crops, _ = render_crops(r, mesh, poses, CFG)
+        for (a, e, t), crop in zip(poses, crops):
+            res = r.render(mesh, float(a), float(e), float(t), CFG.distance)
+            inside, _ = crop_square((res.mask * 255).astype(np.uint8), mask_box(res.mask), CFG.crop, CFG.margin, fill=(0,))
+            inside = np.asarray(inside) == 255  # crop pixels wholly inside the silhouette
+            assert inside.sum() > 20
+            assert crop[inside].max() <= OBJECT_MAX_GREY
+            lit += int((res.shading[res.mask] >= 1.0).any())
+    assert lit > 0  # the case that used to vanish does occur among these views
