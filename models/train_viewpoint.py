@@ -188,7 +188,7 @@ def run(args) -> dict:
     meta = {"model": "viewpoint-cpu", "seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr,
             "train_photos": args.photos, "eval_photos": args.eval_photos, "train_shapes": len(train_ids),
             "heldout_shapes": len(heldout_ids), "categories": list(CATEGORIES), "library": str(args.library),
-            "init_from": str(args.init_from.relative_to(REPO)) if args.init_from.is_absolute() and REPO in args.init_from.parents else str(args.init_from),
+            "init_from": checkpoint.repo_path(args.init_from),
             "init_from_sha": checkpoint.file_hash(args.init_from) if args.init_from.is_file() else None,
             "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
             "minutes_per_head": float(np.mean(minutes)),
