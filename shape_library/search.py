@@ -47,9 +47,12 @@ class Match:
     pose_index: int | None    # grid pose, None once refined off the grid
 
     def as_dict(self) -> dict:
-        """As the API reports it: a regressed distance can dip below 0; it is shown as 0 (the order stays)."""
+        """As the API reports it: a regressed distance can dip below 0, so `score` (a distance) is
+        clamped at 0 and `raw_score`, the value the engine ranks by, keeps the order visible when
+        several clamped scores tie."""
         out = {k: getattr(self, k) for k in ("shape_id", "category", "name", "azimuth", "elevation", "theta", "pose_index")}
         out["score"] = max(0.0, float(self.score))
+        out["raw_score"] = float(self.score)
         return out
 
 

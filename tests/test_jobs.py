@@ -1,4 +1,5 @@
 """The job store, the item driver and the embedded executor; the jobs API with a real search at the end."""
+import csv
 import io
 import json
 import threading
@@ -272,6 +273,8 @@ def test_search_batch_end_to_end_with_results_downloads_and_metrics(api, tmp_pat
 
     csv_text = api.get(f"/v1/jobs/{jid}/results.csv").text.splitlines()
     assert csv_text[0].startswith("index,name,status") and len(csv_text) == 1 + 3 * 2
+    rows = list(csv.DictReader(csv_text))
+    assert all(float(r["score"]) == max(0.0, float(r["raw_score"])) for r in rows)
     assert api.get(f"/v1/jobs/{jid}/results.json").json()["results"][2]["name"] == "p2.png"
     assert api.delete(f"/v1/jobs/{jid}").status_code == 409
     assert any(j["job_id"] == jid for j in api.get("/v1/jobs").json())

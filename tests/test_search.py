@@ -118,3 +118,13 @@ def test_checkpoint_round_trip(tmp_path, setup):
     assert meta == {"seed": 1} and loaded.config == model.config
     x = torch.rand(2, 1, 32, 32)
     assert torch.allclose(loaded.render_codes(x), model.render_codes(x), atol=5e-3)
+
+
+def test_reported_score_is_a_distance_and_raw_score_keeps_the_ranking_order():
+    from shape_library.search import Match
+
+    ms = [Match(1, "car", "a", 10.0, 0.0, 0.0, -3.5, 5), Match(2, "car", "b", 20.0, 0.0, 0.0, -1.0, 6),
+          Match(3, "car", "c", 30.0, 0.0, 0.0, 4.25, None)]
+    out = [m.as_dict() for m in ms]
+    assert [o["score"] for o in out] == [0.0, 0.0, 4.25]
+    assert [o["raw_score"] for o in out] == [-3.5, -1.0, 4.25]

@@ -108,6 +108,8 @@ def test_api_search_returns_contract_fields(client, photos):
     assert {"shape_id", "category", "azimuth", "elevation", "theta", "score"} <= set(m)
     assert 0 <= m["azimuth"] < 360 and -90 <= m["elevation"] <= 90 and -180 <= m["theta"] < 180
     assert [x["score"] for x in body["matches"]] == sorted(x["score"] for x in body["matches"])
+    raw = [x["raw_score"] for x in body["matches"]]
+    assert raw == sorted(raw) and all(x["score"] == max(0.0, x["raw_score"]) for x in body["matches"])
     assert body["overlay_png"].startswith("data:image/png;base64,")
     r = client.post("/v1/search/overlay.png", files={"image": ("p.jpg", buf.getvalue(), "image/jpeg")}, data={"bbox": bbox})
     assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (p.image.shape[1], p.image.shape[0])

@@ -219,7 +219,7 @@ def results_json(job_id: JobId) -> Response:
 
 
 CSV_FIELDS = ["index", "name", "status", "error", "rank", "shape_id", "category", "shape_name",
-              "azimuth", "elevation", "theta", "score", "no_match"]
+              "azimuth", "elevation", "theta", "score", "raw_score", "no_match"]
 
 
 @router.get("/{job_id}/results.csv", summary="All results as CSV: one row per item and match")
@@ -238,6 +238,7 @@ def results_csv(job_id: JobId) -> Response:
             w.writerow({**base, "rank": rank, "shape_id": m["shape_id"], "category": m["category"],
                         "shape_name": m["name"], "azimuth": f"{m['azimuth']:.2f}", "elevation": f"{m['elevation']:.2f}",
                         "theta": f"{m['theta']:.2f}", "score": f"{m['score']:.3f}",
+                        "raw_score": f"{m['raw_score']:.3f}" if m.get("raw_score") is not None else "",
                         "no_match": it.result.get("no_match")})
     return Response(buf.getvalue(), media_type="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="job-{job_id}.csv"'})

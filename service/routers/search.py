@@ -23,7 +23,9 @@ class MatchOut(BaseModel):
     azimuth: float = Field(description="degrees, [0, 360)")
     elevation: float = Field(description="degrees, [-90, 90]")
     theta: float = Field(description="in-plane rotation, degrees, [-180, 180)")
-    score: float = Field(description="predicted geodesic distance to the photo's pose, degrees (smaller is better)")
+    score: float = Field(description="predicted geodesic distance to the photo's pose, degrees (smaller is better), never below 0")
+    raw_score: float | None = Field(None, description="the unclamped regression output the matches are ranked by; it can be "
+                                    "negative for close matches, so it orders matches whose `score` ties at 0")
     pose_index: int | None = Field(None, description="grid pose index, null when refined off the grid")
     overlay_png: str | None = Field(None, description="data URL of this match blended onto the photo (overlay=true)")
 
@@ -46,7 +48,7 @@ class SearchOut(BaseModel):
 
     model_config = {"json_schema_extra": {"examples": [{
         "matches": [{"shape_id": 12, "category": "car", "name": "sedan", "azimuth": 42.1, "elevation": 8.2, "theta": 0.0,
-                     "score": 6.3, "pose_index": 1234}],
+                     "score": 6.3, "raw_score": 6.3, "pose_index": 1234}],
         "no_match": False, "no_match_threshold": 41.0, "timing_ms": {"photo_stream": 3.1, "ranking": 14.2, "refinement": 120.5, "total": 140.0},
         "candidates": 60984, "photo_box": [10, 20, 200, 210], "overlay_png": None}]}}
 
