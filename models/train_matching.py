@@ -49,7 +49,8 @@ def shape_split(library: ShapeLibrary, seed: int, held_out: float = 0.2, categor
 
 
 def photo_set(library: ShapeLibrary, shape_ids: list[int], n: int, seed: int, crop: int, margin: float,
-              cache: Path | None = None, progress: bool = True, box_noise: bool = False) -> dict[str, np.ndarray]:
+              cache: Path | None = None, progress: bool = True, box_noise: bool = False,
+              config=None) -> dict[str, np.ndarray]:
     """n synthetic photos of the given shapes, reduced to what training needs: the photo-stream crop and labels."""
     from shape_library.search import photo_crop
     from shape_library.synthetic import SyntheticConfig, generate
@@ -63,7 +64,7 @@ def photo_set(library: ShapeLibrary, shape_ids: list[int], n: int, seed: int, cr
     boxes = np.zeros((n, 4), np.float32)
     from PIL import Image
 
-    for i, s in enumerate(tqdm(generate(library, shape_ids, n, seed, SyntheticConfig()), total=n, desc="synthetic photos", disable=not progress)):
+    for i, s in enumerate(tqdm(generate(library, shape_ids, n, seed, config or SyntheticConfig()), total=n, desc="synthetic photos", disable=not progress)):
         img = Image.fromarray(s.image)
         crops[i] = np.asarray(photo_crop(img, s.box, crop, margin)[0])
         poses[i] = s.pose

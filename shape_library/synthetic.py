@@ -110,6 +110,10 @@ class SyntheticConfig:
     theta_max: float = 30.0
     distance_range: tuple[float, float] = (2.2, 4.0)
     pose_subset: str | None = None           # None, "train" or "heldout" (see `pose_holdout`)
+    # Shape jitter: each photo stretches the mesh along its own x, y, z by independent factors drawn
+    # log-uniformly from this range (then re-fits it in the unit sphere).  Axis-aligned, so the pose
+    # label is unchanged; a training set of a few dozen meshes then shows many more proportions.
+    shape_scale: tuple[float, float] | None = None
     pose_holdout: PoseHoldout = field(default_factory=PoseHoldout)
     # Placement: the object stays inside the canvas with `margin` pixels, except with
     # probability p_truncate, when up to `max_truncation` of its box may leave it.
@@ -552,6 +556,19 @@ class SyntheticGenerator:
             v = self._vertices[shape_id] = np.asarray(self.library.mesh(shape_id).vertices, np.float64)
         return v
 
+    def _jittered_mesh(self, shape_id: int, rng: np.random.Generator):
+        """The shape, stretched per axis when `shape_scale` asks for it (draws nothing otherwise, so
+        the streams of configs without it stay as they were)."""
+        mesh = self.library.mesh(shape_id)
+        if self.config.shape_scale is None:
+            return mesh
+        lo, hi = np.log(self.config.shape_scale)
+        v = np.asarray(mesh.vertices, np.float64) * np.exp(rng.uniform(lo, hi, 3))
+        v /= max(float(np.linalg.norm(v, axis=1).max()), 1e-9)
+        import trimesh
+
+        return trimesh.Trimesh(v, mesh.faces, process=False)
+
     def _draw_pose(self, rng: np.random.Generator) -> tuple[float, float, float, float]:
         cfg = self.config
         for _ in range(1000):
@@ -563,13 +580,13 @@ class SyntheticGenerator:
                 return a, e, t, d
         raise ValueError(f"no pose of subset {cfg.pose_subset!r} in the configured ranges")
 
-    def _place(self, rng, shape_id, pose) -> tuple[Intrinsics, tuple[float, float, float, float], bool]:
+    def _place(self, rng, vertices: np.ndarray, pose) -> tuple[Intrinsics, tuple[float, float, float, float], bool]:
         """Focal length and principal point: where the object lands in the frame."""
         cfg = self.config
         W, H = cfg.width, cfg.height
         f = self._base_focal * float(rng.uniform(*cfg.focal_range))
         K0 = Intrinsics(W, H, f, f, W / 2.0, H / 2.0)
-        uv = cam.project(self._mesh_vertices(shape_id), *pose, K0)
+        uv = cam.project(vertices, *pose, K0)
         x0, y0 = uv.min(axis=0)
         x1, y1 = uv.max(axis=0)
         bw, bh = x1 - x0, y1 - y0
@@ -592,13 +609,15 @@ class SyntheticGenerator:
         cfg = self.config
         W, H, ss = cfg.width, cfg.height, cfg.supersample
         shape = self.shapes.get(shape_id) or self.library.get(shape_id)
+        mesh = self._jittered_mesh(shape_id, rng)
         pose = self._draw_pose(rng)
-        K, full_box, truncated = self._place(rng, shape_id, pose)
+        verts = self._mesh_vertices(shape_id) if self.config.shape_scale is None else np.asarray(mesh.vertices, np.float64)
+        K, full_box, truncated = self._place(rng, verts, pose)
         meta: dict = {}
 
         # Geometry at ss x, box-filtered to the canvas.
         Ks = Intrinsics(W * ss, H * ss, K.fx * ss, K.fy * ss, K.cx * ss, K.cy * ss)
-        res = self.renderer.render(self.library.mesh(shape_id), *pose, intrinsics=Ks)
+        res = self.renderer.render(mesh, *pose, intrinsics=Ks)
         cnt = _downsample(res.mask, ss)
         cover = cnt / float(ss * ss)
         nsum = _downsample(res.normals, ss)

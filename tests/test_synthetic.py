@@ -256,3 +256,29 @@ def test_split_shapes_invariants_property():
                 assert abs(k - frac * n) <= 1.0 and (k >= 1 or frac == 0)
 
     check()
+
+
+def test_shape_scale_stretches_each_photo_and_keeps_box_render_and_pose_consistent(library, ids):
+    crate = next(s.id for s in library.shapes() if s.name == "box")
+    base = library.mesh(crate)
+    plain = SyntheticGenerator(library, ids, 0, SyntheticConfig.clean(width=SIZE, height=SIZE))
+    gen = SyntheticGenerator(library, ids, 0, SyntheticConfig.clean(width=SIZE, height=SIZE, shape_scale=(0.6, 1.6)))
+    try:
+        rng = np.random.default_rng(0)
+        assert plain._jittered_mesh(crate, rng) is base and rng.random() == np.random.default_rng(0).random()
+        ratios = []
+        for seed in range(4):
+            s = gen.make(crate, np.random.default_rng(seed))
+            replay = np.random.default_rng(seed)
+            mesh = gen._jittered_mesh(crate, replay)
+            assert np.isclose(np.linalg.norm(mesh.vertices, axis=1).max(), 1.0)
+            uv = cam.project(mesh.vertices, *s.pose, s.intrinsics)
+            assert np.allclose(s.full_box, (*uv.min(0), *uv.max(0)), atol=1e-6)   # box of the stretched mesh
+            assert (np.abs(surface_points(s.depth, s.intrinsics, s.pose)[s.mask]) <= mesh.extents / 2 + 0.05).all()
+            r = (mesh.extents / base.extents) / (mesh.extents / base.extents).max()
+            assert (r >= 0.6 / 1.6 - 1e-9).all()
+            ratios.append(r)
+        assert np.ptp(np.array(ratios), axis=0).max() > 0.05   # proportions differ from photo to photo
+    finally:
+        plain.close()
+        gen.close()
