@@ -182,7 +182,7 @@ def _with_stretched(train: dict, library, train_ids: list[int], margin: float, a
 
     lo, hi = args.shape_scale
     extra = photo_set(library, train_ids, args.stretched_photos, args.seed + 7, 64, margin,
-                      cache=args.data_dir / f"photos-train-s{round(100 * lo)}-{args.seed + 7}-{args.stretched_photos}-64-{len(train_ids)}.npz",
+                      cache=args.data_dir / f"photos-train-s{round(100 * lo)}-{round(100 * hi)}-{args.seed + 7}-{args.stretched_photos}-64-{len(train_ids)}.npz",
                       config=SyntheticConfig(shape_scale=(lo, hi)))
     return {k: np.concatenate([train[k], extra[k]]) for k in train}
 
