@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 import trimesh
+from PIL import Image
 from fastapi.testclient import TestClient
 
 from conftest import marked_box
@@ -120,3 +121,18 @@ def test_background_index_build_reports_progress(data_dir, tmp_path, monkeypatch
         assert idx["state"] == "ready" and idx["done"] == idx["total"] == 1, idx
         assert client.get("/v1/shapes").json()[0]["indexed"] is True
     assert indexing.status()["state"] == "ready"
+
+
+def test_search_with_nothing_indexed_is_503_naming_the_index_not_a_no_match(client, monkeypatch):
+    from service import indexing
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (120, 130, 140)).save(buf, "PNG")
+    post = lambda **form: client.post("/v1/search", files={"image": ("p.png", buf.getvalue(), "image/png")}, data=form)  # noqa: E731
+    monkeypatch.setattr(indexing, "_state", {**indexing._state, "state": "idle", "error": None})
+    r = post()
+    assert r.status_code == 503, r.text
+    assert "no shape is indexed yet" in r.json()["detail"] and r.headers["retry-after"] == "15"
+    monkeypatch.setattr(indexing, "_state", {**indexing._state, "state": "building", "done": 3, "total": 27})
+    r = post()
+    assert r.status_code == 503 and "building (3 of 27 shapes done)" in r.json()["detail"]

@@ -68,6 +68,9 @@ def search_item(job: Job, item: Item) -> dict:
         result = engine.search(image, box, category=params.get("category"), shape_ids=shape_ids,
                                top_k=int(params.get("top_k", 5)), refine=bool(params.get("refine", True)))
         tag_none, tag_top = warm_engine.tagger_verdict(engine.library, image, box, params.get("category"), shape_ids)
+    if result.candidates == 0 and shape_ids is None:
+        # Nothing indexed yet (a fresh install still building): retried with backoff, not recorded as "no match".
+        raise RuntimeError("no shape is searchable yet: the view index is still being built")
     return {"matches": [m.as_dict() for m in result.matches], "no_match": result.no_match or tag_none,
             "no_match_reason": "tagger" if tag_none else ("score" if result.no_match else None),
             "category_probability": tag_top, "tag_filter": searched_cats,

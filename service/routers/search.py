@@ -84,6 +84,19 @@ def _bundle_ids(img, box, tradeoff: float) -> list[int]:
     return ids
 
 
+def _nothing_searchable(category: str | None) -> str:
+    """Why a search had no candidate at all: an answer of 'no match' would blame the photo."""
+    from service import indexing
+
+    st = indexing.status()
+    what = f"no shape of category {category!r}" if category else "no shape"
+    if st["state"] in ("importing", "building"):
+        return f"{what} is searchable yet: the view index is building ({st['done']} of {st['total']} shapes done); retry shortly"
+    if st["state"] == "failed":
+        return f"{what} is searchable: the view index build failed ({st['error']}); see /healthz"
+    return f"{what} is indexed yet: add meshes with POST /v1/shapes and let their indexing jobs finish"
+
+
 def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool, prior: bool | None = None,
          bundle_tradeoff: float | None = None, consult_tagger: bool = True, tag_filter: bool = False):
     settings = get_settings()
@@ -128,8 +141,10 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
         if subset is not None:
             result.timing_ms["viewpoint_prior"] = round(prior_ms, 2)
             result.timing_ms["total"] = round(result.timing_ms["total"] + prior_ms, 2)
-    if ids is not None and result.candidates == 0:
-        raise HTTPException(422, "none of shape_ids is an indexed shape")
+    if result.candidates == 0:
+        if ids is not None:
+            raise HTTPException(422, "none of shape_ids is an indexed shape")
+        raise HTTPException(503, _nothing_searchable(category), headers={"Retry-After": "15"})
     none, top = False, None
     if consult_tagger:
         with heavy():
