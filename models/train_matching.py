@@ -15,6 +15,7 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from shape_library.importers import import_folder
 from shape_library.index import RENDERER_VERSION, ViewIndex, ViewIndexConfig
 from shape_library.library import ShapeLibrary
 from shape_library.settings import Settings
+
+if TYPE_CHECKING:
+    from shape_library.synthetic import SyntheticConfig
 
 from . import checkpoint, registry
 from . import matching  # noqa: F401  (registers the models)
@@ -50,7 +54,7 @@ def shape_split(library: ShapeLibrary, seed: int, held_out: float = 0.2, categor
 
 def photo_set(library: ShapeLibrary, shape_ids: list[int], n: int, seed: int, crop: int, margin: float,
               cache: Path | None = None, progress: bool = True, box_noise: bool = False,
-              config=None) -> dict[str, np.ndarray]:
+              config: SyntheticConfig | None = None) -> dict[str, np.ndarray]:
     """n synthetic photos of the given shapes, reduced to what training needs: the photo-stream crop and labels."""
     from shape_library.search import photo_crop
     from shape_library.synthetic import SyntheticConfig, generate

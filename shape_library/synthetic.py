@@ -516,7 +516,6 @@ class SyntheticGenerator:
         self._clutter_renderer = Renderer(cfg.width * cfg.supersample, cfg.height * cfg.supersample)
         self._photos = _PhotoPool(cfg.backgrounds)
         self._sprites: dict[int, _Sprite | None] = {}
-        self._vertices: dict[int, np.ndarray] = {}
         self._base_focal = Intrinsics.fitting_unit_sphere(
             cfg.width, cfg.height, cfg.fit_distance or cfg.distance_range[0]
         ).fx
@@ -549,12 +548,6 @@ class SyntheticGenerator:
             ids = self._by_category[cat]
             return ids[int(rng.integers(len(ids)))]
         return self.shape_ids[int(rng.integers(len(self.shape_ids)))]
-
-    def _mesh_vertices(self, shape_id: int) -> np.ndarray:
-        v = self._vertices.get(shape_id)
-        if v is None:
-            v = self._vertices[shape_id] = np.asarray(self.library.mesh(shape_id).vertices, np.float64)
-        return v
 
     def _jittered_mesh(self, shape_id: int, rng: np.random.Generator):
         """The shape, stretched per axis when `shape_scale` asks for it (draws nothing otherwise, so
@@ -611,8 +604,7 @@ class SyntheticGenerator:
         shape = self.shapes.get(shape_id) or self.library.get(shape_id)
         mesh = self._jittered_mesh(shape_id, rng)
         pose = self._draw_pose(rng)
-        verts = self._mesh_vertices(shape_id) if self.config.shape_scale is None else np.asarray(mesh.vertices, np.float64)
-        K, full_box, truncated = self._place(rng, verts, pose)
+        K, full_box, truncated = self._place(rng, np.asarray(mesh.vertices, np.float64), pose)
         meta: dict = {}
 
         # Geometry at ss x, box-filtered to the canvas.
