@@ -19,6 +19,12 @@ def status() -> dict:
         return dict(_state)
 
 
+def reset() -> None:
+    """Back to the state a fresh process starts in (for tests, which share one process)."""
+    with _lock:
+        _state.update(state="idle", done=0, total=0, error=None, started=None, finished=None)
+
+
 def _set(**kw) -> None:
     with _lock:
         _state.update(kw)

@@ -11,6 +11,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 @pytest.fixture()
 def data_dir(tmp_path, monkeypatch):
     """A fresh data folder and settings pointing at it."""
+    from service import indexing
     from shape_library import library, settings
 
     d = tmp_path / "var"
@@ -18,9 +19,11 @@ def data_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("SHAPESEARCH_LIBRARY", raising=False)
     settings.get_settings.cache_clear()
     library.open_library.cache_clear()
+    indexing.reset()          # a new data folder has no index build yet, whatever an earlier test left
     yield d
     settings.get_settings.cache_clear()
     library.open_library.cache_clear()
+    indexing.reset()
 
 
 def marked_box() -> trimesh.Trimesh:
