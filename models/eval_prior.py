@@ -1,17 +1,23 @@
-"""The S1 viewpoint prior in the shape search: candidates scored vs accuracy and latency.
+"""The S1 viewpoint prior in the shape search: how to combine it with the matcher, measured.
 
     python -m models.eval_prior --library ../shared/shape_library
 
-For held-out synthetic photos (category given, as experiment 2 of the shape search: every shape of
-the category x every grid pose), the full search is compared with searches that score only the
-grid poses within a radius of the viewpoint model's prediction (and of its front/back flip).
-Writes docs/viewpoint_prior.md, .json and .png, and README's block.
+Two ways to use the viewpoint model's prediction: a hard cut (score only the grid poses within
+N° of it, `rN`, and of its front/back flip, `+flip`) and a soft prior (models.viewpoint.PosePrior:
+every candidate's score pays `weight` degrees per degree away from the prediction, or from its
+flip plus `flip_cost`). The soft prior's weight and flip cost, and the default setting, are chosen
+on tuning photos (seed + 2000); the tables report other photos (seed), in three scopes:
+category known (every shape of it x every grid pose, as experiment 2), shape known (experiment 1)
+and shapes never seen in training (experiment 3). The default then runs through
+`SearchEngine.search` with refinement, as the service answers. Writes docs/viewpoint_prior.md,
+.json and .png, and README's block.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +35,103 @@ from . import matching, viewpoint  # noqa: F401  (registers the models)
 from .eval_matching import _rot_err
 from .pairs import grid_rotations
 from .train_matching import prepare_library
-from .viewpoint import poses_near
+from .viewpoint import PosePrior, poses_near
 
 REPO = Path(__file__).resolve().parent.parent
 RADII = (30, 45, 60, 90, 120)
+WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
+FLIP_COSTS = (None, 0.0, 10.0, 20.0, 40.0)
+SOFT_RADII = (None, 90, 60, 45)   # hard cut under the soft prior, for speed (with the flip when it has a cost)
+
+
+@dataclass
+class Photo:
+    """One photo's candidate scores (shapes x grid poses, degrees) and its S1 prediction."""
+    scores: np.ndarray
+    shape_ids: tuple
+    true_shape: int
+    pose: np.ndarray
+    pred: np.ndarray
+    vp_ms: float
+
+
+def _s1(vp, image, box, cat, margin):
+    t0 = time.perf_counter()
+    crop, _ = photo_crop(image, box, vp.config.input_size, margin)
+    pred, _ = vp.predict(photos_to_tensor(np.asarray(crop)[None]), [cat])
+    return pred[0].numpy().astype(np.float64), (time.perf_counter() - t0) * 1000
+
+
+@torch.no_grad()
+def collect(engine, vp, library, samples, scope: str) -> list[Photo]:
+    cats = {s.id: s.category for s in library.shapes()}
+    V = len(engine.grid)
+    out = []
+    for s in tqdm(samples, desc=f"prior {scope}", leave=False):
+        cat = cats[s.shape_id]
+        ids = (s.shape_id,) if scope != "category" else tuple(x.id for x in library.shapes(cat) if engine.views.has(x.id))
+        image = Image.fromarray(s.image)
+        code, _ = engine.photo_code(image, s.box)
+        codes, _ = engine._codes(ids)
+        scores = np.degrees(engine.score_all(code, codes).numpy()).reshape(len(ids), V)
+        pred, ms = _s1(vp, image, s.box, cat, engine.views.config.margin)
+        out.append(Photo(scores, ids, s.shape_id, np.asarray(s.pose[:3], np.float64), pred, ms))
+    return out
+
+
+class Settings:
+    """Evaluates hard-cut and soft-prior settings on collected photos (no network runs)."""
+
+    def __init__(self, grid):
+        self.grid = grid
+        self.R = grid_rotations(grid).double()
+        self.poses = grid.poses()
+
+    def pick(self, ph: Photo, radius, flips: bool, prior: tuple | None):
+        """(shape id, grid pose, fraction of candidates scored) chosen under one setting."""
+        V = len(self.grid)
+        keep = np.ones(V, bool)
+        if radius is not None:
+            keep[:] = False
+            keep[poses_near(self.R, torch.from_numpy(ph.pred), radius, flips).numpy()] = True
+            if not keep.any():
+                keep[int(self.grid.nearest_index(*ph.pred))] = True
+        rank = ph.scores.copy()
+        if prior is not None:
+            pp = PosePrior(tuple(ph.pred), *prior)
+            rank = pp.combine(rank, pp.distance(self.poses).numpy()[None, :])
+        rank[:, ~keep] = np.inf
+        si, pi = divmod(int(np.argmin(rank)), V)
+        return ph.shape_ids[si], pi, keep.mean()
+
+    def measure(self, photos: list[Photo], radius=None, flips=False, prior=None) -> dict:
+        errs, shape_ok, frac = [], [], []
+        for ph in photos:
+            sid, pi, f = self.pick(ph, radius, flips, prior)
+            errs.append(np.degrees(_rot_err(self.poses[pi][None], ph.pose[None])[0]))
+            shape_ok.append(sid == ph.true_shape)
+            frac.append(f)
+        e = np.array(errs)
+        return {"acc_pi6": float((e < 30).mean()), "median_deg": float(np.median(e)),
+                "shape_top1": float(np.mean(shape_ok)), "fraction_scored": float(np.mean(frac))}
+
+
+def tune_prior(settings: Settings, tune: list[Photo]) -> tuple[dict, tuple]:
+    """The (weight, flip_cost) with the best tuning accuracy (ties: smaller median error)."""
+    table = {}
+    for w in WEIGHTS:
+        for fc in FLIP_COSTS:
+            table[(w, fc)] = settings.measure(tune, prior=(w, fc))
+    best = min(table, key=lambda k: (-table[k]["acc_pi6"], table[k]["median_deg"]))
+    return {f"w{w}/flip{fc}": r for (w, fc), r in table.items()}, best
+
+
+def setting_list(prior: tuple) -> list[tuple[str, object, bool, tuple | None]]:
+    out = [("full", None, False, None)]
+    out += [(f"r{r}", r, False, None) for r in RADII] + [(f"r{r}+flip", r, True, None) for r in RADII]
+    flips = prior[1] is not None
+    out += [("soft" if r is None else f"soft+r{r}{'+flip' if flips else ''}", r, flips, prior) for r in SOFT_RADII]
+    return out
 
 
 def main(argv=None) -> int:
@@ -43,7 +142,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", type=Path, default=Path("var/train"))
     p.add_argument("--matching", type=Path, default=checkpoint.WEIGHTS_DIR / "matching.pt")
     p.add_argument("--viewpoint", type=Path, default=checkpoint.WEIGHTS_DIR / "viewpoint.pt")
-    p.add_argument("--photos", type=int, default=120)
+    p.add_argument("--photos", type=int, default=120, help="photos per set (tuning and each reported scope)")
     p.add_argument("--seed", type=int, default=1000)
     args = p.parse_args(argv)
 
@@ -53,58 +152,43 @@ def main(argv=None) -> int:
     views = ViewIndex(args.data_dir / "index", library, ViewIndexConfig())
     views.sync()
     engine = SearchEngine(library, FeatureIndex(views, model, checkpoint.file_hash(args.matching)), model)
-    grid = views.config.grid
-    R_grid = grid_rotations(grid).double()
+    settings = Settings(views.config.grid)
     cats = {s.id: s.category for s in library.shapes()}
-    photos = list(generate(library, meta["train_shapes"], args.photos, args.seed, SyntheticConfig()))
-    photos.sort(key=lambda s: cats[s.shape_id])  # one candidate matrix per category
 
-    settings = [("full", None, False)] + [(f"r{r}", r, False) for r in RADII] + [(f"r{r}+flip", r, True) for r in RADII]
-    rows = {name: {"err": [], "frac": [], "ms": []} for name, _, _ in settings}
-    vp_ms, vp_errs = [], []
-    with torch.no_grad():
-        for s in tqdm(photos, desc="prior"):
-            cat = cats[s.shape_id]
-            ids = tuple(x.id for x in library.shapes(cat) if views.has(x.id))
-            code, _ = engine.photo_code(Image.fromarray(s.image), s.box)
-            codes, owner = engine._codes(ids)
-            t0 = time.perf_counter()
-            crop, _ = photo_crop(Image.fromarray(s.image), s.box, vp.config.input_size, views.config.margin)
-            pred, _ = vp.predict(photos_to_tensor(np.asarray(crop)[None]), [cat])
-            vp_ms.append((time.perf_counter() - t0) * 1000)
-            vp_errs.append(np.degrees(_rot_err(pred.numpy().astype(np.float64), np.asarray(s.pose[:3])[None])[0]))
-            V = len(grid)
-            for name, radius, flips in settings:
-                t0 = time.perf_counter()
-                if radius is None:
-                    scores, rows_idx = engine.score_all(code, codes), None
-                else:
-                    subset = poses_near(R_grid, pred[0], radius, flips).numpy()
-                    if len(subset) == 0:
-                        subset = np.array([int(grid.nearest_index(*pred[0].numpy()))])
-                    rows_idx = (np.arange(len(ids))[:, None] * V + subset[None, :]).reshape(-1)
-                    scores = engine.score_all(code, codes[torch.from_numpy(rows_idx)])
-                best = int(torch.argmin(scores))
-                flat = best if rows_idx is None else int(rows_idx[best])
-                ms = (time.perf_counter() - t0) * 1000
-                err = np.degrees(_rot_err(grid.poses(flat % V)[None], np.asarray(s.pose[:3])[None])[0])
-                rows[name]["err"].append(err)
-                rows[name]["frac"].append(1.0 if rows_idx is None else len(rows_idx) / len(codes))
-                rows[name]["ms"].append(ms + (0 if radius is None else vp_ms[-1]))
-    vp_err = {"acc_pi6": float((np.array(vp_errs) < 30).mean()), "median_deg": float(np.median(vp_errs))}
-    summary = {}
-    for name, r in rows.items():
-        e = np.array(r["err"])
-        summary[name] = {"acc_pi6": float((e < 30).mean()), "median_deg": float(np.median(e)),
-                         "fraction_scored": float(np.mean(r["frac"])), "ms_mean": float(np.mean(r["ms"]))}
-    full = summary["full"]["acc_pi6"]
-    ok = [(summary[n]["fraction_scored"], n) for n in summary if n != "full" and summary[n]["acc_pi6"] >= full - 0.01]
-    default = min(ok)[1] if ok else None
-    out = {"photos": len(photos), "seed": args.seed, "viewpoint_ms_mean": float(np.mean(vp_ms)), "settings": summary,
-           "default": default, "viewpoint_error": vp_err}
+    def samples(ids, seed):
+        out = list(generate(library, ids, args.photos, seed, SyntheticConfig()))
+        out.sort(key=lambda s: cats[s.shape_id])   # one candidate matrix per category
+        return out
+
+    t_start = time.time()
+    seen, unseen = samples(meta["train_shapes"], args.seed), samples(meta["heldout_shapes"], args.seed + 1)
+    tune = collect(engine, vp, library, samples(meta["train_shapes"], args.seed + 2000), "category")
+    tuning, best_prior = tune_prior(settings, tune)
+    scopes = {"category known": collect(engine, vp, library, seen, "category"),
+              "shape known": collect(engine, vp, library, seen, "shape"),
+              "unseen shapes, shape known": collect(engine, vp, library, unseen, "shape")}
+    rows = setting_list(best_prior)
+    results = {scope: {name: settings.measure(ph, r, f, pr) for name, r, f, pr in rows} for scope, ph in scopes.items()}
+
+    # default: on the tuning photos, the fewest candidates within one point of the best accuracy
+    on_tune = {name: settings.measure(tune, r, f, pr) for name, r, f, pr in rows}
+    top = max(r["acc_pi6"] for r in on_tune.values())
+    default = min((r["fraction_scored"], name) for name, r in on_tune.items() if r["acc_pi6"] >= top - 0.01)[1]
+    spec = next((r, f, pr) for name, r, f, pr in rows if name == default)
+
+    latency = _latency(engine, vp, library, seen[: min(40, len(seen))], rows, cats)
+    service = _as_served(engine, vp, library, seen, unseen, spec, cats)
+    vp_errs = [np.degrees(_rot_err(ph.pred[None], ph.pose[None])[0]) for ph in scopes["category known"]]
+    out = {"photos": args.photos, "seed": args.seed, "tuning_seed": args.seed + 2000,
+           "prior": {"weight": best_prior[0], "flip_cost": best_prior[1]}, "tuning": tuning, "default": default,
+           "default_spec": {"radius_deg": spec[0], "flips": spec[1], "soft": spec[2] is not None},
+           "results": results, "latency_ms": latency, "as_served": service,
+           "viewpoint_ms_mean": float(np.mean([ph.vp_ms for ph in tune])),
+           "viewpoint_error": {"acc_pi6": float((np.array(vp_errs) < 30).mean()), "median_deg": float(np.median(vp_errs))},
+           "seconds": round(time.time() - t_start, 1)}
     (REPO / "docs").mkdir(exist_ok=True)
     (REPO / "docs" / "viewpoint_prior.json").write_text(json.dumps(out, indent=1))
-    _plot(summary, REPO / "docs" / "viewpoint_prior.png")
+    _plot(results["category known"], latency, REPO / "docs" / "viewpoint_prior.png")
     block = _table(out)
     (REPO / "docs" / "viewpoint_prior.md").write_text(block)
     replace_block("viewpoint-prior", block)
@@ -112,41 +196,114 @@ def main(argv=None) -> int:
     return 0
 
 
+@torch.no_grad()
+def _latency(engine, vp, library, samples, rows, cats) -> dict:
+    """Mean ms per setting for the ranking step (category known): S1 plus scoring the kept candidates."""
+    grid, V = engine.grid, len(engine.grid)
+    R, poses = grid_rotations(grid).double(), grid.poses()
+    ms = {name: [] for name, *_ in rows}
+    for s in samples:
+        image = Image.fromarray(s.image)
+        ids = tuple(x.id for x in library.shapes(cats[s.shape_id]) if engine.views.has(x.id))
+        code, _ = engine.photo_code(image, s.box)
+        codes, _ = engine._codes(ids)
+        for name, radius, flips, prior in rows:
+            t0 = time.perf_counter()
+            if radius is None and prior is None:
+                scores = engine.score_all(code, codes)
+            else:
+                pred, _ = _s1(vp, image, s.box, cats[s.shape_id], engine.views.config.margin)
+                if radius is None:   # every candidate, as the engine scores them: no gather
+                    subset, scores = np.arange(V), engine.score_all(code, codes)
+                else:
+                    subset = poses_near(R, torch.from_numpy(pred), radius, flips).numpy()
+                    rows_idx = (np.arange(len(ids))[:, None] * V + subset[None, :]).reshape(-1)
+                    scores = engine.score_all(code, codes[torch.from_numpy(rows_idx)])
+                if prior is not None:
+                    pp = PosePrior(tuple(pred), *prior)
+                    scores = pp.combine(scores, torch.deg2rad(pp.distance(poses[subset]).float()).repeat(len(ids)))
+            int(torch.argmin(scores))
+            ms[name].append((time.perf_counter() - t0) * 1000)
+    return {name: float(np.mean(v)) for name, v in ms.items()}
+
+
+@torch.no_grad()
+def _as_served(engine, vp, library, seen, unseen, spec, cats) -> dict:
+    """The default setting through SearchEngine.search, with and without refinement."""
+    radius, flips, prior = spec
+    grid = engine.grid
+    R = grid_rotations(grid).double()
+    out = {}
+    for scope, samples, shape_known in (("category known", seen, False), ("shape known", seen, True),
+                                        ("unseen shapes, shape known", unseen, True)):
+        for refine in (False, True):
+            errs = []
+            for s in tqdm(samples, desc=f"served {scope} refine={refine}", leave=False):
+                image = Image.fromarray(s.image)
+                cat = cats[s.shape_id]
+                pred, _ = _s1(vp, image, s.box, cat, engine.views.config.margin)
+                subset = None if radius is None else poses_near(R, torch.from_numpy(pred), radius, flips).numpy()
+                pp = None if prior is None else PosePrior(tuple(pred), *prior)
+                res = engine.search(image, s.box, category=cat, shape_ids=[s.shape_id] if shape_known else None,
+                                    top_k=1, refine=refine, pose_subset=subset, prior=pp)
+                m = res.matches[0]
+                errs.append(np.degrees(_rot_err(np.array([[m.azimuth, m.elevation, m.theta]]), np.asarray(s.pose[:3])[None])[0]))
+            e = np.array(errs)
+            out[f"{scope}{', refined' if refine else ''}"] = {"acc_pi6": float((e < 30).mean()), "median_deg": float(np.median(e))}
+    return out
+
+
 def _table(out: dict) -> str:
+    pr = out["prior"]
+    fc = "no discount" if pr["flip_cost"] is None else f"{pr['flip_cost']:g}°"
     lines = ["## Viewpoint prior in the search", "",
-             f"{out['photos']} synthetic photos, category given (every shape of it x the grid poses are the candidates). "
-             "`rN`: only the grid poses within N° of the S1 prediction are scored; `+flip`: also those near its "
-             "front/back flip. Latency: scoring plus, for the pruned searches, the viewpoint network "
-             f"({out['viewpoint_ms_mean']:.1f} ms; on these photos its own Acc@π/6 is "
-             f"{out['viewpoint_error']['acc_pi6']:.3f}, median {out['viewpoint_error']['median_deg']:.1f}°). "
-             "Generated by `python -m models.eval_prior`.", "",
-             "| setting | candidates scored | top-1 Acc@π/6 | median error | latency (ms) |", "| --- | --- | --- | --- | --- |"]
-    for name, r in out["settings"].items():
+             f"{out['photos']} synthetic photos per scope (seed {out['seed']}). `rN`: only the grid poses within N° of the "
+             "S1 prediction are scored; `+flip`: also those near its front/back flip. `soft`: candidates are ranked by the "
+             f"weighted mean (weight {pr['weight']:g} on the prior) of the matcher's distance estimate and the prior's, their rotation "
+             f"away from the S1 prediction or from its flip plus {fc} (`models.viewpoint.PosePrior`; weight and flip cost tuned on {out['photos']} other photos, seed "
+             f"{out['tuning_seed']}). On these photos the viewpoint network alone reaches Acc@π/6 "
+             f"{out['viewpoint_error']['acc_pi6']:.3f}, median {out['viewpoint_error']['median_deg']:.1f}° "
+             f"({out['viewpoint_ms_mean']:.1f} ms). Latency: the ranking step, category known (S1 + scoring). "
+             "Generated by `python -m models.eval_prior`.", ""]
+    scopes = list(out["results"])
+    lines += ["| setting | candidates scored | latency (ms) | " + " | ".join(f"{s}: Acc@π/6 / median" for s in scopes) + " |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in scopes) + " |"]
+    first = out["results"][scopes[0]]
+    for name in first:
         mark = " **(default)**" if name == out["default"] else ""
-        lines.append(f"| {name}{mark} | {100 * r['fraction_scored']:.1f} % | {r['acc_pi6']:.3f} | {r['median_deg']:.1f}° | {r['ms_mean']:.1f} |")
-    lines += ["", ("Default: the setting scoring the fewest candidates whose accuracy stays within one point of the full "
-                   f"search: `{out['default']}`." if out["default"] else
-                   "No pruned setting keeps the accuracy within one point of the full search: the prior stays off by default."),
-              "", "![prior](docs/viewpoint_prior.png)", ""]
+        cells = " | ".join(f"{out['results'][s][name]['acc_pi6']:.3f} / {out['results'][s][name]['median_deg']:.1f}°" for s in scopes)
+        lines.append(f"| {name}{mark} | {100 * first[name]['fraction_scored']:.1f} % | {out['latency_ms'][name]:.1f} | {cells} |")
+    lines += ["", f"Default (on the tuning photos, the fewest candidates within one point of the best accuracy): `{out['default']}`. "
+              "Category known, the soft prior's shape top-1: "
+              f"{first.get('soft', {}).get('shape_top1', float('nan')):.3f} (full search: {first['full']['shape_top1']:.3f}).", "",
+              "The default as the service runs it (`SearchEngine.search`, grid answer and refined around the best 3):", "",
+              "| scope | top-1 Acc@π/6 | median error |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {v['acc_pi6']:.3f} | {v['median_deg']:.1f}° |" for k, v in out["as_served"].items()]
+    lines += ["", "![prior](docs/viewpoint_prior.png)", ""]
     return "\n".join(lines)
 
 
-def _plot(summary: dict, path: Path) -> None:
+def _plot(summary: dict, latency: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
-    for flips, style in ((False, "o-"), (True, "s--")):
+    groups = ((False, "o-", "hard cut"), (True, "s--", "hard cut + flip"))
+    for flips, style, label in groups:
         names = [f"r{r}+flip" if flips else f"r{r}" for r in RADII]
         fr = [100 * summary[n]["fraction_scored"] for n in names]
-        ax[0].plot(fr, [summary[n]["acc_pi6"] for n in names], style, label="with flip" if flips else "prior only")
-        ax[1].plot(fr, [summary[n]["ms_mean"] for n in names], style, label="with flip" if flips else "prior only")
+        ax[0].plot(fr, [summary[n]["acc_pi6"] for n in names], style, label=label)
+        ax[1].plot(fr, [latency[n] for n in names], style, label=label)
+    soft = [n for n in summary if n.startswith("soft")]
+    fr = [100 * summary[n]["fraction_scored"] for n in soft]
+    ax[0].plot(fr, [summary[n]["acc_pi6"] for n in soft], "^-", label="soft prior")
+    ax[1].plot(fr, [latency[n] for n in soft], "^-", label="soft prior")
     ax[0].axhline(summary["full"]["acc_pi6"], color="k", lw=0.8, label="full search")
-    ax[1].axhline(summary["full"]["ms_mean"], color="k", lw=0.8, label="full search")
-    ax[0].set(xlabel="candidates scored (%)", ylabel="top-1 Acc@π/6")
-    ax[1].set(xlabel="candidates scored (%)", ylabel="latency (ms)")
+    ax[1].axhline(latency["full"], color="k", lw=0.8, label="full search")
+    ax[0].set(xlabel="candidates scored (%)", ylabel="top-1 Acc@π/6 (category known)")
+    ax[1].set(xlabel="candidates scored (%)", ylabel="ranking latency (ms)")
     ax[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -154,3 +154,36 @@ def poses_near(grid_rotations: Tensor, angles_deg: Tensor, radius_deg: float, fl
         d = torch.rad2deg(geodesic_distance(grid_rotations.double(), R.expand_as(grid_rotations)))
         near |= d <= radius_deg
     return torch.nonzero(near).squeeze(1)
+
+
+@dataclass(frozen=True)
+class PosePrior:
+    """A soft S1 viewpoint prior for the shape search.
+
+    The S1 prediction gives a second estimate of a candidate pose's geodesic distance to the
+    photo's pose: its rotation away from the prediction, or away from the prediction's front/back
+    flip plus `flip_cost` degrees (S1's commonest confusion; None: the flip is not considered).
+    The search ranks by the weighted mean of the matcher's estimate and this one (`combine`), so
+    the matcher still chooses between shapes and nearby poses, and a good match far from a wrong
+    prediction can still win. `python -m models.eval_prior` picks weight and flip_cost on tuning photos."""
+
+    angles_deg: tuple[float, float, float]
+    weight: float = 1.0             # the defaults are the tuned values (docs/viewpoint_prior.md)
+    flip_cost: float | None = None
+
+    def distance(self, poses_deg) -> Tensor:
+        """(N, 3) poses in degrees -> (N,) the prior's distance estimates in degrees (float64)."""
+        from .geometry import euler_to_matrix, geodesic_distance
+
+        p = torch.deg2rad(torch.as_tensor(poses_deg, dtype=torch.float64).reshape(-1, 3))
+        R = euler_to_matrix(*p.unbind(-1))
+        a, e, t = torch.deg2rad(torch.tensor(self.angles_deg, dtype=torch.float64)).unbind(-1)
+        d = torch.rad2deg(geodesic_distance(R, euler_to_matrix(a, e, t).expand_as(R)))
+        if self.flip_cost is not None:
+            flip = torch.rad2deg(geodesic_distance(R, euler_to_matrix(a + math.pi, e, t).expand_as(R)))
+            d = torch.minimum(d, flip + self.flip_cost)
+        return d
+
+    def combine(self, matcher_deg, prior_deg):
+        """The ranking value: the weighted mean of the two distance estimates (degrees)."""
+        return (matcher_deg + self.weight * prior_deg) / (1.0 + self.weight)

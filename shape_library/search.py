@@ -45,14 +45,27 @@ class Match:
     theta: float
     score: float              # predicted geodesic distance, degrees
     pose_index: int | None    # grid pose, None once refined off the grid
+    prior_deg: float | None = None      # the viewpoint prior's distance estimate (None: no prior)
+    prior_weight: float = 0.0
+
+    @property
+    def rank_value(self) -> float:
+        """What the engine orders matches by: the matcher's estimate, or with a viewpoint prior the
+        weighted mean of the two distance estimates (models.viewpoint.PosePrior.combine)."""
+        if self.prior_deg is None:
+            return self.score
+        return (self.score + self.prior_weight * self.prior_deg) / (1.0 + self.prior_weight)
 
     def as_dict(self) -> dict:
-        """As the API reports it: a regressed distance can dip below 0, so `score` (a distance) is
-        clamped at 0 and `raw_score`, the value the engine ranks by, keeps the order visible when
-        several clamped scores tie."""
-        out = {k: getattr(self, k) for k in ("shape_id", "category", "name", "azimuth", "elevation", "theta", "pose_index")}
-        out["score"] = max(0.0, float(self.score))
-        out["raw_score"] = float(self.score)
+        """As the API reports it. `score` is the engine's estimate of the geodesic distance, the
+        order of the matches; a regressed distance can dip below 0, so it is clamped at 0 and
+        `raw_score` keeps the order visible when clamped scores tie. `matcher_score` is the matching
+        network's own estimate (what the no-match threshold reads); `prior_deg` the viewpoint
+        prior's, when one was used."""
+        out = {k: getattr(self, k) for k in ("shape_id", "category", "name", "azimuth", "elevation", "theta", "pose_index", "prior_deg")}
+        out["score"] = max(0.0, float(self.rank_value))
+        out["raw_score"] = float(self.rank_value)
+        out["matcher_score"] = float(self.score)
         return out
 
 
@@ -195,7 +208,11 @@ class SearchEngine:
 
     # Search -------------------------------------------------------------------
     def search(self, image: Image.Image, box=None, category: str | None = None, shape_ids: list[int] | None = None,
-               top_k: int = 5, refine: bool = True, pose_subset: np.ndarray | None = None) -> SearchResult:
+               top_k: int = 5, refine: bool = True, pose_subset: np.ndarray | None = None, prior=None) -> SearchResult:
+        """`pose_subset`: score only these grid poses (a hard cut, for speed); `prior`: a soft
+        viewpoint prior (models.viewpoint.PosePrior) combined with every candidate's score for
+        ranking, on and off the grid. The no-match verdict reads the matcher's own score, the one its
+        threshold was calibrated on."""
         t0 = time.perf_counter()
         shapes = self._select(category, shape_ids)
         by_id = {s.id: s for s in shapes}
@@ -217,12 +234,23 @@ class SearchEngine:
             else:
                 scores = self.score_all(code, codes)
                 flat = None
+        prior_d = None
+        if prior is not None and len(scores):
+            grid_d = prior.distance(self.grid.poses()).float()          # degrees, one per grid pose
+            if ann_sids is not None:
+                pose_of = torch.from_numpy(np.asarray(ann_poses, dtype=np.int64))
+            elif flat is not None:
+                pose_of = torch.from_numpy(np.asarray(flat, dtype=np.int64) % V)
+            else:
+                pose_of = torch.arange(len(scores)) % V
+            prior_d = grid_d[pose_of]
         t2 = time.perf_counter()
         k = min(top_k if not refine else max(top_k, 3), len(scores))
-        best = torch.topk(scores, k, largest=False) if k else None
+        ranked = scores if prior_d is None else prior.combine(scores, torch.deg2rad(prior_d.to(scores.device)))
+        best = torch.topk(ranked, k, largest=False) if k else None
         matches = []
         if best is not None:
-            for s, i in zip(best.values.tolist(), best.indices.tolist()):
+            for i in best.indices.tolist():
                 if ann_sids is not None:
                     sid, pose = int(ann_sids[i]), int(ann_poses[i])
                 else:
@@ -230,11 +258,13 @@ class SearchEngine:
                     sid, pose = int(owner[row]), row % V
                 a, e, t = self.grid.poses(pose)
                 sh = by_id[sid]
-                matches.append(Match(sid, sh.category, sh.name, float(a), float(e), float(t), float(np.degrees(s)), int(pose)))
+                matches.append(Match(sid, sh.category, sh.name, float(a), float(e), float(t), float(np.degrees(float(scores[i]))),
+                                     int(pose), None if prior_d is None else float(prior_d[i]),
+                                     0.0 if prior_d is None else float(prior.weight)))
         t3 = time.perf_counter()
         if refine and matches:
-            matches = self.refine(code, matches[: min(3, len(matches))]) + matches[min(3, len(matches)) :]
-            matches.sort(key=lambda m: m.score)
+            matches = self.refine(code, matches[: min(3, len(matches))], prior) + matches[min(3, len(matches)) :]
+            matches.sort(key=lambda m: m.rank_value)
         t4 = time.perf_counter()
         no_match = bool(not matches or (self.no_match_threshold_deg is not None and matches[0].score > self.no_match_threshold_deg))
         timing = {"photo_stream": (t1 - t0) * 1e3, "ranking": (t2 - t1) * 1e3, "refinement": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3}
@@ -261,17 +291,24 @@ class SearchEngine:
         return poses
 
     @torch.no_grad()
-    def refine(self, photo_code: torch.Tensor, matches: list[Match]) -> list[Match]:
+    def refine(self, photo_code: torch.Tensor, matches: list[Match], prior=None) -> list[Match]:
+        """Each match moved to the best of the poses around it, judged as the ranking was (with the
+        prior's penalty when there is one); kept where none beats it."""
         out = []
         for m in matches:
             poses = self.refinement_poses(m.azimuth, m.elevation, m.theta)
             codes = self.model.render_codes(crops_to_tensor(self._render_crops(m.shape_id, poses)).to(self.device))
-            scores = self.score_all(photo_code, codes.float())
-            i = int(torch.argmin(scores))
-            s = float(np.degrees(float(scores[i])))
-            if s < m.score:
+            scores = torch.rad2deg(self.score_all(photo_code, codes.float()).double()).cpu()
+            if prior is None:
+                dist, ranked = None, scores
+            else:
+                dist = prior.distance(poses)
+                ranked = prior.combine(scores, dist)
+            i = int(torch.argmin(ranked))
+            if float(ranked[i]) < m.rank_value:
                 a, e, t = poses[i]
-                out.append(Match(m.shape_id, m.category, m.name, float(a), float(e), float(t), s, None))
+                out.append(Match(m.shape_id, m.category, m.name, float(a), float(e), float(t), float(scores[i]), None,
+                                 None if dist is None else float(dist[i]), 0.0 if prior is None else float(prior.weight)))
             else:
                 out.append(m)
         return out

@@ -185,24 +185,76 @@ def _grid_rotations(n_a: int, n_e: int, n_t: int):
     return grid_rotations(PoseGrid(n_a, n_e, n_t)).double()
 
 
-def prior_subset(engine, image, box, category: str | None, radius_deg: float, flips: bool = True):
-    """Grid poses near the S1 viewpoint prediction (and its front/back flip): the only ones the
-    search then scores. None when there is no viewpoint model."""
+def prior_covers(engine, category: str | None, shape_ids: list[int] | None) -> bool:
+    """Whether the viewpoint model has a head for every category the search covers (its generic
+    head is no prior worth trusting)."""
+    model = get_viewpoint_model()
+    if model is None:
+        return False
+    known = set(model.names[:-1])
+    if category:
+        return category in known
+    shapes = engine.library.shapes()
+    if shape_ids is not None:
+        wanted = set(shape_ids)
+        shapes = [s for s in shapes if s.id in wanted]
+    return bool(shapes) and all(s.category in known for s in shapes)
+
+
+def viewpoint_prior(engine, image, box, category: str | None):
+    """(PosePrior or None, grid-pose subset or None) from the S1 prediction, as the settings ask:
+    a soft prior (search_prior_weight) and/or a hard cut to the grid poses near the prediction
+    (search_prior_radius_deg, with its flip when search_prior_flips). (None, None) without a
+    viewpoint model."""
     import numpy as np
 
-    from models.viewpoint import poses_near
+    from models.viewpoint import PosePrior, poses_near
 
     from .search import photo_crop, photos_to_tensor
 
+    settings = get_settings()
     model = get_viewpoint_model()
     if model is None:
-        return None
+        return None, None
     grid = engine.grid
     crop, _ = photo_crop(image, box, model.config.input_size, engine.views.config.margin)
     x = photos_to_tensor(np.asarray(crop)[None]).to(next(model.parameters()).device)
     pred, _ = model.predict(x, [category if category in model.names else None])
-    subset = poses_near(_grid_rotations(grid.n_azimuth, grid.n_elevation, grid.n_theta), pred[0].cpu(), radius_deg, flips)
-    if len(subset) == 0:
-        subset = np.array([int(grid.nearest_index(*pred[0].cpu().numpy()))])
-    return np.asarray(subset)
+    angles = pred[0].detach().cpu().double()
+    centre = tuple(float(a) for a in angles)
+    prior = None
+    if settings.search_prior_weight is not None:
+        prior = PosePrior(centre, settings.search_prior_weight, settings.search_prior_flip_cost)
+    elif settings.search_prior_radius_deg is None:   # asked for while the settings turn both forms off
+        prior = PosePrior(centre)
+    subset = None
+    if settings.search_prior_radius_deg is not None:
+        subset = poses_near(_grid_rotations(grid.n_azimuth, grid.n_elevation, grid.n_theta), angles,
+                            settings.search_prior_radius_deg, settings.search_prior_flips).numpy()
+        if len(subset) == 0:
+            subset = np.array([int(grid.nearest_index(*angles.numpy()))])
+    return prior, subset
 
+
+def search(engine, image, box, category: str | None, shape_ids: list[int] | None, top_k: int, refine: bool,
+           prior: bool | None = None):
+    """One search as the service answers it, for the API and for batch items alike. The viewpoint
+    prior is used when asked, or by default when the settings enable it and the viewpoint model
+    knows every category searched; its time shows as timing_ms['viewpoint_prior']. Callers hold `lock`."""
+    import time
+
+    settings = get_settings()
+    enabled = settings.search_prior_weight is not None or settings.search_prior_radius_deg is not None
+    if prior is None:
+        prior = enabled and prior_covers(engine, category, shape_ids)
+    pose_prior, subset, prior_ms = None, None, 0.0
+    if prior:
+        t0 = time.perf_counter()
+        pose_prior, subset = viewpoint_prior(engine, image, box, category)
+        prior_ms = (time.perf_counter() - t0) * 1000
+    result = engine.search(image, box, category=category, shape_ids=shape_ids, top_k=top_k, refine=refine,
+                           pose_subset=subset, prior=pose_prior)
+    if pose_prior is not None or subset is not None:
+        result.timing_ms["viewpoint_prior"] = round(prior_ms, 2)
+        result.timing_ms["total"] = round(result.timing_ms["total"] + prior_ms, 2)
+    return result

@@ -310,6 +310,7 @@ def service(data_dir, monkeypatch, small_grid):
     monkeypatch.setenv("SHAPESEARCH_DEFAULT_LIBRARY", "false")
     monkeypatch.setenv("SHAPESEARCH_RENDER_SIZE", "64")
     monkeypatch.setenv("SHAPESEARCH_SEARCH_PRIOR_RADIUS_DEG", "none")
+    monkeypatch.setenv("SHAPESEARCH_SEARCH_PRIOR_WEIGHT", "none")
     monkeypatch.setenv("SHAPESEARCH_INDEX_ON_START", "false")
     settings.get_settings.cache_clear()
     warm_engine.reset_engine()

@@ -128,3 +128,67 @@ def test_reported_score_is_a_distance_and_raw_score_keeps_the_ranking_order():
     out = [m.as_dict() for m in ms]
     assert [o["score"] for o in out] == [0.0, 0.0, 4.25]
     assert [o["raw_score"] for o in out] == [-3.5, -1.0, 4.25]
+
+
+def test_pose_prior_distance_is_rotation_from_the_prediction_or_its_costed_flip():
+    from models.viewpoint import PosePrior
+
+    poses = np.array([[30.0, 10.0, 5.0], [210.0, 10.0, 5.0], [70.0, 10.0, 5.0]])
+    plain, costed = PosePrior((30.0, 10.0, 5.0)), PosePrior((30.0, 10.0, 5.0), weight=3.0, flip_cost=12.0)
+    d, dc = plain.distance(poses).numpy(), costed.distance(poses).numpy()
+    assert d[0] == pytest.approx(0, abs=1e-6) and d[1] > 150          # the flip is far without a discount
+    assert dc[1] == pytest.approx(12.0, abs=1e-6)                     # ... and costs flip_cost with one
+    assert d[2] == pytest.approx(dc[2]) and 35 < d[2] < 45            # 40° of azimuth near the horizon
+    assert costed.combine(10.0, 2.0) == pytest.approx((10.0 + 3 * 2.0) / 4)
+
+
+def test_search_with_a_pose_prior_ranks_by_the_combined_estimate(setup):
+    from models.viewpoint import PosePrior
+
+    lib, _, _, engine, _ = setup
+    img, sid = _photo(), lib.shapes()[0].id
+    plain = engine.search(img, shape_ids=[sid], top_k=len(CFG.grid), refine=False)
+    worst = plain.matches[-1]                       # the matcher's least likely pose ...
+    centre = (worst.azimuth, worst.elevation, worst.theta)
+    strong = engine.search(img, shape_ids=[sid], top_k=5, refine=False, prior=PosePrior(centre, weight=1e4))
+    top = strong.matches[0]
+    assert top.pose_index == worst.pose_index and top.prior_deg == pytest.approx(0, abs=1e-3)   # ... wins under a strong prior
+    assert top.score == pytest.approx(worst.score, abs=1e-4)        # the matcher's own estimate is kept beside
+    out = [m.as_dict() for m in strong.matches]
+    raw = [o["raw_score"] for o in out]
+    assert all(b >= a - 1e-4 for a, b in zip(raw, raw[1:]))       # best first, by the combined value (float32 ties)
+    assert out[0]["matcher_score"] == pytest.approx(worst.score) and out[0]["prior_deg"] == pytest.approx(0, abs=1e-3)
+    # a weak prior only breaks near-ties: the matcher's best stays on top
+    weak = engine.search(img, shape_ids=[sid], top_k=1, refine=False, prior=PosePrior(centre, weight=1e-6))
+    assert weak.matches[0].pose_index == plain.matches[0].pose_index
+    assert plain.matches[0].as_dict()["prior_deg"] is None
+
+
+def test_refinement_under_a_strong_prior_moves_towards_the_prediction_off_the_grid(setup):
+    from models.viewpoint import PosePrior
+
+    lib, _, _, engine, _ = setup
+    img, sid = _photo(), lib.shapes()[1].id
+    a, e, t = CFG.grid.poses(7)
+    centre = (float(a) + 15.0, float(e), float(t))       # between grid poses
+    prior = PosePrior(centre, weight=1e4)
+    res = engine.search(img, shape_ids=[sid], top_k=1, refine=True, prior=prior)
+    m = res.matches[0]
+    grid_d = float(prior.distance(CFG.grid.poses(7)[None])[0])
+    assert m.pose_index is None and m.prior_deg < grid_d - 5    # refined off the grid, closer to the prediction
+    assert m.as_dict()["raw_score"] == pytest.approx(prior.combine(m.score, m.prior_deg))
+
+
+def test_no_match_reads_the_matcher_score_not_the_prior_mean(setup):
+    from models.viewpoint import PosePrior
+
+    lib, views, model, engine, _ = setup
+    img, sid = _photo(), lib.shapes()[0].id
+    plain = engine.search(img, shape_ids=[sid], top_k=1, refine=False)
+    threshold = plain.matches[0].score - 1e-3        # just below the matcher's best: "no match" without the prior
+    strict = SearchEngine(lib, engine.features, model, no_match_threshold_deg=threshold)
+    top = strict.search(img, shape_ids=[sid], top_k=1, refine=False).matches[0]
+    centre = (top.azimuth, top.elevation, top.theta)
+    res = strict.search(img, shape_ids=[sid], top_k=1, refine=False, prior=PosePrior(centre, weight=1.0))
+    assert res.matches[0].rank_value < threshold     # the combined estimate alone would pass ...
+    assert res.no_match                              # ... but the verdict is the matcher's

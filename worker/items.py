@@ -65,8 +65,8 @@ def search_item(job: Job, item: Item) -> dict:
     if params.get("tag_filter") and not params.get("category"):
         shape_ids, searched_cats = warm_engine.tag_filtered_ids(engine.searchable_shapes(), image, box, shape_ids)
     with warm_engine.lock:
-        result = engine.search(image, box, category=params.get("category"), shape_ids=shape_ids,
-                               top_k=int(params.get("top_k", 5)), refine=bool(params.get("refine", True)))
+        result = warm_engine.search(engine, image, box, params.get("category"), shape_ids, int(params.get("top_k", 5)),
+                                    bool(params.get("refine", True)), params.get("prior"))
         tag_none, tag_top = warm_engine.tagger_verdict(engine.library, image, box, params.get("category"), shape_ids)
     if result.candidates == 0 and shape_ids is None:
         # Nothing indexed yet (a fresh install still building): retried with backoff, not recorded as "no match".

@@ -86,7 +86,7 @@ def _items_out(job_id: str, offset: int, limit: int | None) -> list[ItemOut]:
 
 
 def _validated_params(kind: str, category: str | None, shape_ids: str | None, top_k: int, refine: bool,
-                      boxes: str | None, tag_filter: bool = False) -> tuple[dict, dict]:
+                      boxes: str | None, tag_filter: bool = False, prior: bool | None = None) -> tuple[dict, dict]:
     if kind not in ("search", "index", "reindex"):
         raise HTTPException(422, f"kind must be 'search', 'index' or 'reindex', not {kind!r}")
     if not 1 <= top_k <= 100:
@@ -105,6 +105,8 @@ def _validated_params(kind: str, category: str | None, shape_ids: str | None, to
     params = {"category": category or None, "shape_ids": parse_ids(shape_ids), "top_k": top_k, "refine": refine}
     if tag_filter:
         params["tag_filter"] = True
+    if prior is not None:
+        params["prior"] = prior
     return params, box_map
 
 
@@ -122,6 +124,7 @@ async def create_job(
     boxes: str | None = Form(None, description='JSON object {"file name": "x0,y0,x1,y1"}'),
     tag_filter: bool = Form(False, description="as in POST /v1/search: without a category, search only the "
                             "categories the tagger finds in each photo"),
+    prior: bool | None = Form(None, description="as in POST /v1/search: the S1 viewpoint prior; default: the server's"),
     idempotency_key: str | None = Header(None, description="repeat a submission safely: the same key returns the same job"),
     owner: str | None = Depends(caller),
 ) -> JSONResponse:
@@ -129,7 +132,7 @@ async def create_job(
     jobs = _store()
     if idempotency_key and (existing := jobs.by_idempotency_key(idempotency_key)):
         return JSONResponse(JobOut(**jobs.describe(jobs.get(existing))).model_dump(), status_code=200)
-    params, box_map = _validated_params(kind, category, shape_ids, top_k, refine, boxes, tag_filter)
+    params, box_map = _validated_params(kind, category, shape_ids, top_k, refine, boxes, tag_filter, prior)
     job_id = uuid.uuid4().hex
     if kind in ("index", "reindex"):
         if owner is None and key_store().enabled():
@@ -218,8 +221,12 @@ def results_json(job_id: JobId) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="job-{job_id}.json"'})
 
 
+def _num(v) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
 CSV_FIELDS = ["index", "name", "status", "error", "rank", "shape_id", "category", "shape_name",
-              "azimuth", "elevation", "theta", "score", "raw_score", "no_match"]
+              "azimuth", "elevation", "theta", "score", "raw_score", "matcher_score", "prior_deg", "no_match"]
 
 
 @router.get("/{job_id}/results.csv", summary="All results as CSV: one row per item and match")
@@ -239,6 +246,7 @@ def results_csv(job_id: JobId) -> Response:
                         "shape_name": m["name"], "azimuth": f"{m['azimuth']:.2f}", "elevation": f"{m['elevation']:.2f}",
                         "theta": f"{m['theta']:.2f}", "score": f"{m['score']:.3f}",
                         "raw_score": f"{m['raw_score']:.3f}" if m.get("raw_score") is not None else "",
+                        "matcher_score": _num(m.get("matcher_score")), "prior_deg": _num(m.get("prior_deg")),
                         "no_match": it.result.get("no_match")})
     return Response(buf.getvalue(), media_type="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="job-{job_id}.csv"'})

@@ -6,6 +6,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
 from pydantic import BaseModel, Field
 
 from shape_library.settings import get_settings
+from shape_library import warm_engine
 from shape_library.warm_engine import tagger_verdict
 
 from ..engine import engine_lock, get_engine
@@ -23,9 +24,15 @@ class MatchOut(BaseModel):
     azimuth: float = Field(description="degrees, [0, 360)")
     elevation: float = Field(description="degrees, [-90, 90]")
     theta: float = Field(description="in-plane rotation, degrees, [-180, 180)")
-    score: float = Field(description="predicted geodesic distance to the photo's pose, degrees (smaller is better), never below 0")
-    raw_score: float | None = Field(None, description="the unclamped regression output the matches are ranked by; it can be "
-                                    "negative for close matches, so it orders matches whose `score` ties at 0")
+    score: float = Field(description="predicted geodesic distance to the photo's pose, degrees (smaller is better), never "
+                         "below 0; the order of the matches. With the viewpoint prior, the weighted mean of the matcher's "
+                         "estimate and the prior's")
+    raw_score: float | None = Field(None, description="`score` unclamped: a regressed distance can be negative for close "
+                                    "matches, so it orders matches whose `score` ties at 0")
+    matcher_score: float | None = Field(None, description="the matching network's own estimate, degrees, unclamped "
+                                        "(what the no-match threshold is compared with)")
+    prior_deg: float | None = Field(None, description="the S1 viewpoint prior's estimate: rotation away from its prediction, "
+                                    "or from the prediction's front/back flip plus a fixed cost; null when the prior was not used")
     pose_index: int | None = Field(None, description="grid pose index, null when refined off the grid")
     overlay_png: str | None = Field(None, description="data URL of this match blended onto the photo (overlay=true)")
 
@@ -48,24 +55,9 @@ class SearchOut(BaseModel):
 
     model_config = {"json_schema_extra": {"examples": [{
         "matches": [{"shape_id": 12, "category": "car", "name": "sedan", "azimuth": 42.1, "elevation": 8.2, "theta": 0.0,
-                     "score": 6.3, "raw_score": 6.3, "pose_index": 1234}],
+                     "score": 6.3, "raw_score": 6.3, "matcher_score": 8.1, "prior_deg": 4.5, "pose_index": 1234}],
         "no_match": False, "no_match_threshold": 41.0, "timing_ms": {"photo_stream": 3.1, "ranking": 14.2, "refinement": 120.5, "total": 140.0},
         "candidates": 60984, "photo_box": [10, 20, 200, 210], "overlay_png": None}]}}
-
-
-def _prior_covers(engine, category: str | None, ids: list[int] | None) -> bool:
-    from shape_library import warm_engine
-
-    model = warm_engine.get_viewpoint_model()
-    if model is None:
-        return False
-    known = set(model.names[:-1])
-    if category:
-        return category in known
-    shapes = engine.library.shapes()
-    if ids is not None:
-        shapes = [s for s in shapes if s.id in set(ids)]
-    return bool(shapes) and all(s.category in known for s in shapes)
 
 
 def _bundle_ids(img, box, tradeoff: float) -> list[int]:
@@ -124,23 +116,7 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
         with heavy():
             ids, searched_cats = tag_filtered_ids(engine.searchable_shapes(), img, box, ids)
     with heavy(), engine_lock:
-        subset, prior_ms = None, 0.0
-        if prior is None:  # by default only where the viewpoint model knows every category searched
-            prior = settings.search_prior_radius_deg is not None and _prior_covers(engine, category, ids)
-        if prior:
-            import time
-
-            from shape_library.warm_engine import prior_subset
-
-            t0 = time.perf_counter()
-            subset = prior_subset(engine, img, box, category or None, settings.search_prior_radius_deg or 60.0,
-                                  settings.search_prior_flips)
-            prior_ms = (time.perf_counter() - t0) * 1000
-        result = engine.search(img, box, category=category or None, shape_ids=ids, top_k=top_k, refine=refine,
-                               pose_subset=subset)
-        if subset is not None:
-            result.timing_ms["viewpoint_prior"] = round(prior_ms, 2)
-            result.timing_ms["total"] = round(result.timing_ms["total"] + prior_ms, 2)
+        result = warm_engine.search(engine, img, box, category or None, ids, top_k, refine, prior)
     if result.candidates == 0:
         if ids is not None:
             raise HTTPException(422, "none of shape_ids is an indexed shape")
@@ -162,8 +138,9 @@ async def search(
     top_k: int = Form(5),
     refine: bool = Form(True, description="evaluate finer poses around the best grid poses"),
     overlay: bool = Form(False, description="also return, per match, the overlay PNG as a data URL"),
-    prior: bool | None = Form(None, description="score only the poses near the S1 viewpoint prediction (and its "
-                              "front/back flip); default: on when the server sets a prior radius"),
+    prior: bool | None = Form(None, description="use the S1 viewpoint prediction: rank by score plus a penalty for "
+                              "rotation away from it (or its front/back flip) and score only the grid poses near them, "
+                              "as the server's settings say; default: on where the viewpoint model knows every category searched"),
     bundle_tradeoff: float | None = Form(None, description="restrict the search to the shapes of the hedged Vec2Bundle "
                                          "answer (DARTS) at this trade-off in [0, 1]; 0 = one shape, 1 = all"),
     tag_filter: bool = Form(False, description="without a category, search only the categories the tagger finds in "
