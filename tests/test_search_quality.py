@@ -267,3 +267,14 @@ def test_settings_that_turn_both_forms_off_turn_the_default_prior_off(engine_env
             assert on.candidates == 3 * 2541 and all(m.prior_deg is not None for m in on.matches)
     finally:
         settings.get_settings.cache_clear()
+
+
+def test_a_restriction_with_nothing_indexed_is_a_422_naming_it(client, engine_env, photos):
+    _, lib, _ = engine_env
+    png = _png_bytes(photos[0].image)
+    post = lambda **form: client.post("/v1/search", files={"image": ("p.png", png, "image/png")}, data=form)  # noqa: E731
+    r = post(shape_ids="987654")
+    assert r.status_code == 422 and r.json()["detail"] == "none of shape_ids is an indexed shape"
+    sedan = next(s.id for s in lib.shapes() if s.name == "sedan")
+    r = post(shape_ids=str(sedan), category="aeroplane")
+    assert r.status_code == 422 and r.json()["detail"] == "none of shape_ids is an indexed shape of category 'aeroplane'"

@@ -89,6 +89,16 @@ def _nothing_searchable(category: str | None) -> str:
     return f"{what} is indexed yet: add meshes with POST /v1/shapes and let their indexing jobs finish"
 
 
+def _no_candidate(user_ids: bool, bundle: bool, category: str | None) -> str:
+    """Why a search restricted to some shapes had nothing to score, naming the restriction the caller made."""
+    of = f" of category {category!r}" if category else ""
+    if user_ids and bundle:
+        return f"none of shape_ids in the hedged bundle is an indexed shape{of}"
+    if user_ids:
+        return f"none of shape_ids is an indexed shape{of}"
+    return f"none of the hedged bundle's shapes is an indexed shape{of}"
+
+
 def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool, prior: bool | None = None,
          bundle_tradeoff: float | None = None, consult_tagger: bool = True, tag_filter: bool = False):
     settings = get_settings()
@@ -98,7 +108,7 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
         raise HTTPException(422, f"bundle_tradeoff must be in [0, 1], got {bundle_tradeoff}")
     img = decode_image(image_bytes, settings.max_image_pixels)
     box = parse_bbox(bbox, img)
-    ids = parse_ids(shape_ids)
+    ids = user_ids = parse_ids(shape_ids)
     engine = get_engine()
     if category and category not in engine.library.catalog.categories():
         raise HTTPException(422, f"unknown category {category!r}; known: {', '.join(engine.library.catalog.categories())}")
@@ -118,9 +128,9 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
     with heavy(), engine_lock:
         result = warm_engine.search(engine, img, box, category or None, ids, top_k, refine, prior)
     if result.candidates == 0:
-        if ids is not None:
-            raise HTTPException(422, "none of shape_ids is an indexed shape")
-        raise HTTPException(503, _nothing_searchable(category), headers={"Retry-After": "15"})
+        if ids is None:
+            raise HTTPException(503, _nothing_searchable(category), headers={"Retry-After": "15"})
+        raise HTTPException(422, _no_candidate(user_ids is not None, bundle is not None, category))
     none, top = False, None
     if consult_tagger:
         with heavy():
