@@ -88,7 +88,8 @@ class Settings:
         self.poses = grid.poses()
 
     def pick(self, ph: Photo, radius, flips: bool, prior: tuple | None):
-        """(shape id, grid pose, fraction of candidates scored) chosen under one setting."""
+        """(shape id, grid pose, fraction of candidates scored, whether the true shape and pose bin
+        rank in the top 5) under one setting."""
         V = len(self.grid)
         keep = np.ones(V, bool)
         if radius is not None:
@@ -101,18 +102,22 @@ class Settings:
             pp = PosePrior(tuple(ph.pred), *prior)
             rank = pp.combine(rank, pp.distance(self.poses).numpy()[None, :])
         rank[:, ~keep] = np.inf
-        si, pi = divmod(int(np.argmin(rank)), V)
-        return ph.shape_ids[si], pi, keep.mean()
+        flat = rank.reshape(-1)
+        top5 = np.argpartition(flat, 5)[:5] if flat.size > 5 else np.arange(flat.size)
+        true = ph.shape_ids.index(ph.true_shape) * V + int(self.grid.nearest_index(*ph.pose))
+        si, pi = divmod(int(np.argmin(flat)), V)
+        return ph.shape_ids[si], pi, keep.mean(), bool(true in top5 and np.isfinite(flat[true]))
 
     def measure(self, photos: list[Photo], radius=None, flips=False, prior=None) -> dict:
-        errs, shape_ok, frac = [], [], []
+        errs, shape_ok, frac, hit5 = [], [], [], []
         for ph in photos:
-            sid, pi, f = self.pick(ph, radius, flips, prior)
+            sid, pi, f, h = self.pick(ph, radius, flips, prior)
             errs.append(np.degrees(_rot_err(self.poses[pi][None], ph.pose[None])[0]))
             shape_ok.append(sid == ph.true_shape)
             frac.append(f)
+            hit5.append(h)
         e = np.array(errs)
-        return {"acc_pi6": float((e < 30).mean()), "median_deg": float(np.median(e)),
+        return {"acc_pi6": float((e < 30).mean()), "median_deg": float(np.median(e)), "p@5": float(np.mean(hit5)),
                 "shape_top1": float(np.mean(shape_ok)), "fraction_scored": float(np.mean(frac))}
 
 
@@ -255,12 +260,12 @@ def _as_served(engine, vp, library, seen, unseen, spec, cats) -> dict:
 
 def _table(out: dict) -> str:
     pr = out["prior"]
-    fc = "no discount" if pr["flip_cost"] is None else f"{pr['flip_cost']:g}°"
+    flip = "" if pr["flip_cost"] is None else f" or from its flip plus {pr['flip_cost']:g}°"
     lines = ["## Viewpoint prior in the search", "",
              f"{out['photos']} synthetic photos per scope (seed {out['seed']}). `rN`: only the grid poses within N° of the "
              "S1 prediction are scored; `+flip`: also those near its front/back flip. `soft`: candidates are ranked by the "
              f"weighted mean (weight {pr['weight']:g} on the prior) of the matcher's distance estimate and the prior's, their rotation "
-             f"away from the S1 prediction or from its flip plus {fc} (`models.viewpoint.PosePrior`; weight and flip cost tuned on {out['photos']} other photos, seed "
+             f"away from the S1 prediction{flip} (`models.viewpoint.PosePrior`; weight and flip cost tuned on {out['photos']} other photos, seed "
              f"{out['tuning_seed']}). On these photos the viewpoint network alone reaches Acc@π/6 "
              f"{out['viewpoint_error']['acc_pi6']:.3f}, median {out['viewpoint_error']['median_deg']:.1f}° "
              f"({out['viewpoint_ms_mean']:.1f} ms). Latency: the ranking step, category known (S1 + scoring). "
@@ -273,6 +278,10 @@ def _table(out: dict) -> str:
         mark = " **(default)**" if name == out["default"] else ""
         cells = " | ".join(f"{out['results'][s][name]['acc_pi6']:.3f} / {out['results'][s][name]['median_deg']:.1f}°" for s in scopes)
         lines.append(f"| {name}{mark} | {100 * first[name]['fraction_scored']:.1f} % | {out['latency_ms'][name]:.1f} | {cells} |")
+    sk = out["results"].get("shape known", {})
+    if sk:
+        lines += ["", "Precision@5 (the true shape and pose bin among the 5 best), shape known: " + ", ".join(
+            f"{n} {sk[n]['p@5']:.3f}" for n in ("full", "r30", "soft", out["default"]) if n in sk) + "."]
     lines += ["", f"Default (on the tuning photos, the fewest candidates within one point of the best accuracy): `{out['default']}`. "
               "Category known, the soft prior's shape top-1: "
               f"{first.get('soft', {}).get('shape_top1', float('nan')):.3f} (full search: {first['full']['shape_top1']:.3f}).", "",
