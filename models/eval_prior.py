@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from shape_library.features import FeatureIndex
 from shape_library.index import ViewIndex, ViewIndexConfig
-from shape_library.search import SearchEngine, photo_crop, photos_to_tensor
+from shape_library.search import SearchEngine
+from shape_library.warm_engine import photo_viewpoint
 
 from .reports import replace_block
 from . import checkpoint
@@ -57,9 +58,8 @@ class Photo:
 
 def _s1(vp, image, box, cat, margin):
     t0 = time.perf_counter()
-    crop, _ = photo_crop(image, box, vp.config.input_size, margin)
-    pred, _ = vp.predict(photos_to_tensor(np.asarray(crop)[None]), [cat])
-    return pred[0].numpy().astype(np.float64), (time.perf_counter() - t0) * 1000
+    angles, _, _ = photo_viewpoint(vp, image, box, cat, margin)
+    return angles.numpy(), (time.perf_counter() - t0) * 1000
 
 
 @torch.no_grad()

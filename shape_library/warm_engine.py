@@ -201,6 +201,22 @@ def prior_covers(engine, category: str | None, shape_ids: list[int] | None) -> b
     return bool(shapes) and all(s.category in known for s in shapes)
 
 
+def photo_viewpoint(model, image, box, category: str | None, margin: float):
+    """(angles in degrees as a (3,) float64 CPU tensor, confidence, square crop box) of the S1 model for
+    one PIL photo, seen through the same square crop as the search's photo stream. A category without
+    a head of its own gets the generic head."""
+    import numpy as np
+    import torch
+
+    from .search import photo_crop, photos_to_tensor
+
+    crop, sq = photo_crop(image, box, model.config.input_size, margin)
+    x = photos_to_tensor(np.asarray(crop)[None]).to(next(model.parameters()).device)
+    with torch.no_grad():
+        angles, conf = model.predict(x, [category if category in model.names else None])
+    return angles[0].cpu().double(), float(conf[0]), sq
+
+
 def viewpoint_prior(engine, image, box, category: str | None):
     """(PosePrior or None, grid-pose subset or None) from the S1 prediction, as the settings ask:
     a soft prior (search_prior_weight) and/or a hard cut to the grid poses near the prediction
@@ -210,17 +226,12 @@ def viewpoint_prior(engine, image, box, category: str | None):
 
     from models.viewpoint import PosePrior, poses_near
 
-    from .search import photo_crop, photos_to_tensor
-
     settings = get_settings()
     model = get_viewpoint_model()
     if model is None:
         return None, None
     grid = engine.grid
-    crop, _ = photo_crop(image, box, model.config.input_size, engine.views.config.margin)
-    x = photos_to_tensor(np.asarray(crop)[None]).to(next(model.parameters()).device)
-    pred, _ = model.predict(x, [category if category in model.names else None])
-    angles = pred[0].detach().cpu().double()
+    angles, _, _ = photo_viewpoint(model, image, box, category, engine.views.config.margin)
     centre = tuple(float(a) for a in angles)
     prior = None
     if settings.search_prior_weight is not None:

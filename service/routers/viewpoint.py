@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -32,8 +31,6 @@ class ViewpointOut(BaseModel):
 
 def _predict(data: bytes, bbox: str | None, category: str | None) -> ViewpointOut:
     from shape_library.index import ViewIndexConfig
-    from shape_library.search import photo_crop, photos_to_tensor
-
     settings = get_settings()
     img = decode_image(data, settings.max_image_pixels)
     box = parse_bbox(bbox, img)
@@ -43,12 +40,10 @@ def _predict(data: bytes, bbox: str | None, category: str | None) -> ViewpointOu
     known = model.names[:-1]
     if category and category not in known:
         raise HTTPException(422, f"no viewpoint head for category {category!r}; known: {', '.join(known)} (or leave it out)")
-    crop, sq = photo_crop(img, box, model.config.input_size, ViewIndexConfig().margin)
-    x = photos_to_tensor(np.asarray(crop)[None]).to(next(model.parameters()).device)
     with heavy(), _lock:
-        angles, conf = model.predict(x, [category or None])
-    a, e, t = (float(v) for v in angles[0])
-    return ViewpointOut(azimuth=a, elevation=e, theta=t, confidence=float(conf[0]), category_head=category or "*",
+        angles, conf, sq = warm_engine.photo_viewpoint(model, img, box, category or None, ViewIndexConfig().margin)
+    a, e, t = (float(v) for v in angles)
+    return ViewpointOut(azimuth=a, elevation=e, theta=t, confidence=conf, category_head=category or "*",
                         photo_box=[float(v) for v in sq])
 
 
