@@ -46,15 +46,13 @@ class Match:
     score: float              # predicted geodesic distance, degrees
     pose_index: int | None    # grid pose, None once refined off the grid
     prior_deg: float | None = None      # the viewpoint prior's distance estimate (None: no prior)
-    prior_weight: float = 0.0
+    prior: object | None = None         # the models.viewpoint.PosePrior that gave it
 
     @property
     def rank_value(self) -> float:
         """What the engine orders matches by: the matcher's estimate, or with a viewpoint prior the
-        weighted mean of the two distance estimates (models.viewpoint.PosePrior.combine)."""
-        if self.prior_deg is None:
-            return self.score
-        return (self.score + self.prior_weight * self.prior_deg) / (1.0 + self.prior_weight)
+        weighted mean of the two distance estimates."""
+        return self.score if self.prior is None else float(self.prior.combine(self.score, self.prior_deg))
 
     def as_dict(self) -> dict:
         """As the API reports it. `score` is the engine's estimate of the geodesic distance, the
@@ -259,8 +257,7 @@ class SearchEngine:
                 a, e, t = self.grid.poses(pose)
                 sh = by_id[sid]
                 matches.append(Match(sid, sh.category, sh.name, float(a), float(e), float(t), float(np.degrees(float(scores[i]))),
-                                     int(pose), None if prior_d is None else float(prior_d[i]),
-                                     0.0 if prior_d is None else float(prior.weight)))
+                                     int(pose), None if prior_d is None else float(prior_d[i]), None if prior_d is None else prior))
         t3 = time.perf_counter()
         if refine and matches:
             matches = self.refine(code, matches[: min(3, len(matches))], prior) + matches[min(3, len(matches)) :]
@@ -308,7 +305,7 @@ class SearchEngine:
             if float(ranked[i]) < m.rank_value:
                 a, e, t = poses[i]
                 out.append(Match(m.shape_id, m.category, m.name, float(a), float(e), float(t), float(scores[i]), None,
-                                 None if dist is None else float(dist[i]), 0.0 if prior is None else float(prior.weight)))
+                                 None if dist is None else float(dist[i]), prior))
             else:
                 out.append(m)
         return out

@@ -245,7 +245,7 @@ def results_csv(job_id: JobId) -> Response:
             w.writerow({**base, "rank": rank, "shape_id": m["shape_id"], "category": m["category"],
                         "shape_name": m["name"], "azimuth": f"{m['azimuth']:.2f}", "elevation": f"{m['elevation']:.2f}",
                         "theta": f"{m['theta']:.2f}", "score": f"{m['score']:.3f}",
-                        "raw_score": f"{m['raw_score']:.3f}" if m.get("raw_score") is not None else "",
+                        "raw_score": _num(m.get("raw_score")),
                         "matcher_score": _num(m.get("matcher_score")), "prior_deg": _num(m.get("prior_deg")),
                         "no_match": it.result.get("no_match")})
     return Response(buf.getvalue(), media_type="text/csv",

@@ -7,7 +7,6 @@ from pydantic import BaseModel, Field
 
 from shape_library.settings import get_settings
 from shape_library import warm_engine
-from shape_library.warm_engine import tagger_verdict
 
 from ..engine import engine_lock, get_engine
 from ..security import heavy
@@ -62,8 +61,6 @@ class SearchOut(BaseModel):
 
 def _bundle_ids(img, box, tradeoff: float) -> list[int]:
     """Shapes of the DARTS bundle at `tradeoff` that this library holds."""
-    from shape_library import warm_engine
-
     from .hierarchy import _shape_ids
 
     pred = warm_engine.get_bundle_predictor()
@@ -121,10 +118,8 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
             raise HTTPException(422, "none of shape_ids is in the hedged bundle")
     searched_cats = None
     if tag_filter and not category:
-        from shape_library.warm_engine import tag_filtered_ids
-
         with heavy():
-            ids, searched_cats = tag_filtered_ids(engine.searchable_shapes(), img, box, ids)
+            ids, searched_cats = warm_engine.tag_filtered_ids(engine.searchable_shapes(), img, box, ids)
     with heavy(), engine_lock:
         result = warm_engine.search(engine, img, box, category or None, ids, top_k, refine, prior)
     if result.candidates == 0:
@@ -134,7 +129,7 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
     none, top = False, None
     if consult_tagger:
         with heavy():
-            none, top = tagger_verdict(engine.library, img, box, category, ids)
+            none, top = warm_engine.tagger_verdict(engine.library, img, box, category, ids)
     return engine, img, result, (none, top, bundle, searched_cats)
 
 
