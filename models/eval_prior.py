@@ -5,7 +5,8 @@
 Two ways to use the viewpoint model's prediction: a hard cut (score only the grid poses within
 N° of it, `rN`, and of its front/back flip, `+flip`) and a soft prior (models.viewpoint.PosePrior:
 every candidate's score pays `weight` degrees per degree away from the prediction, or from its
-flip plus `flip_cost`). The soft prior's weight and flip cost, and the default setting, are chosen
+flip plus `flip_cost`; the weight optionally scaled by S1's confidence to a power). The soft
+prior's weight, flip cost and confidence power, and the default setting, are chosen
 on tuning photos (seed + 2000); the tables report other photos (seed), in three scopes:
 category known (every shape of it x every grid pose, as experiment 2), shape known (experiment 1)
 and shapes never seen in training (experiment 3). The default then runs through
@@ -42,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 RADII = (30, 45, 60, 90, 120)
 WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
 FLIP_COSTS = (None, 0.0, 10.0, 20.0, 40.0)
+CONFIDENCE_POWERS = (0.0, 1.0, 2.0)   # the weight scaled by S1's confidence ** power (PosePrior.from_prediction)
 SOFT_RADII = (None, 90, 60, 45)   # hard cut under the soft prior, for speed (with the flip when it has a cost)
 
 
@@ -53,13 +55,14 @@ class Photo:
     true_shape: int
     pose: np.ndarray
     pred: np.ndarray
+    conf: float
     vp_ms: float
 
 
 def _s1(vp, image, box, cat, margin):
     t0 = time.perf_counter()
-    angles, _, _ = photo_viewpoint(vp, image, box, cat, margin)
-    return angles.numpy(), (time.perf_counter() - t0) * 1000
+    angles, conf, _ = photo_viewpoint(vp, image, box, cat, margin)
+    return angles.numpy(), conf, (time.perf_counter() - t0) * 1000
 
 
 @torch.no_grad()
@@ -74,8 +77,8 @@ def collect(engine, vp, library, samples, scope: str) -> list[Photo]:
         code, _ = engine.photo_code(image, s.box)
         codes, _ = engine._codes(ids)
         scores = np.degrees(engine.score_all(code, codes).numpy()).reshape(len(ids), V)
-        pred, ms = _s1(vp, image, s.box, cat, engine.views.config.margin)
-        out.append(Photo(scores, ids, s.shape_id, np.asarray(s.pose[:3], np.float64), pred, ms))
+        pred, conf, ms = _s1(vp, image, s.box, cat, engine.views.config.margin)
+        out.append(Photo(scores, ids, s.shape_id, np.asarray(s.pose[:3], np.float64), pred, conf, ms))
     return out
 
 
@@ -99,7 +102,7 @@ class Settings:
                 keep[int(self.grid.nearest_index(*ph.pred))] = True
         rank = ph.scores.copy()
         if prior is not None:
-            pp = PosePrior(tuple(ph.pred), *prior)
+            pp = PosePrior.from_prediction(ph.pred, ph.conf, *prior)
             rank = pp.combine(rank, pp.distance(self.poses).numpy()[None, :])
         rank[:, ~keep] = np.inf
         flat = rank.reshape(-1)
@@ -122,13 +125,14 @@ class Settings:
 
 
 def tune_prior(settings: Settings, tune: list[Photo]) -> tuple[dict, tuple]:
-    """The (weight, flip_cost) with the best tuning accuracy (ties: smaller median error)."""
+    """The (weight, flip_cost, confidence_power) with the best tuning accuracy (ties: smaller median error)."""
     table = {}
     for w in WEIGHTS:
         for fc in FLIP_COSTS:
-            table[(w, fc)] = settings.measure(tune, prior=(w, fc))
+            for g in CONFIDENCE_POWERS:
+                table[(w, fc, g)] = settings.measure(tune, prior=(w, fc, g))
     best = min(table, key=lambda k: (-table[k]["acc_pi6"], table[k]["median_deg"]))
-    return {f"w{w}/flip{fc}": r for (w, fc), r in table.items()}, best
+    return {f"w{w}/flip{fc}/conf^{g:g}": r for (w, fc, g), r in table.items()}, best
 
 
 def setting_list(prior: tuple) -> list[tuple[str, object, bool, tuple | None]]:
@@ -185,7 +189,7 @@ def main(argv=None) -> int:
     service = _as_served(engine, vp, library, seen, unseen, spec, cats)
     vp_errs = [np.degrees(_rot_err(ph.pred[None], ph.pose[None])[0]) for ph in scopes["category known"]]
     out = {"photos": args.photos, "seed": args.seed, "tuning_seed": args.seed + 2000,
-           "prior": {"weight": best_prior[0], "flip_cost": best_prior[1]}, "tuning": tuning, "default": default,
+           "prior": {"weight": best_prior[0], "flip_cost": best_prior[1], "confidence_power": best_prior[2]}, "tuning": tuning, "default": default,
            "default_spec": {"radius_deg": spec[0], "flips": spec[1], "soft": spec[2] is not None},
            "results": results, "latency_ms": latency, "as_served": service,
            "viewpoint_ms_mean": float(np.mean([ph.vp_ms for ph in tune])),
@@ -217,7 +221,7 @@ def _latency(engine, vp, library, samples, rows, cats) -> dict:
             if radius is None and prior is None:
                 scores = engine.score_all(code, codes)
             else:
-                pred, _ = _s1(vp, image, s.box, cats[s.shape_id], engine.views.config.margin)
+                pred, conf, _ = _s1(vp, image, s.box, cats[s.shape_id], engine.views.config.margin)
                 if radius is None:   # every candidate, as the engine scores them: no gather
                     subset, scores = np.arange(V), engine.score_all(code, codes)
                 else:
@@ -225,7 +229,7 @@ def _latency(engine, vp, library, samples, rows, cats) -> dict:
                     rows_idx = (np.arange(len(ids))[:, None] * V + subset[None, :]).reshape(-1)
                     scores = engine.score_all(code, codes[torch.from_numpy(rows_idx)])
                 if prior is not None:
-                    pp = PosePrior(tuple(pred), *prior)
+                    pp = PosePrior.from_prediction(pred, conf, *prior)
                     scores = pp.combine(scores, torch.deg2rad(pp.distance(poses[subset]).float()).repeat(len(ids)))
             int(torch.argmin(scores))
             ms[name].append((time.perf_counter() - t0) * 1000)
@@ -246,9 +250,9 @@ def _as_served(engine, vp, library, seen, unseen, spec, cats) -> dict:
             for s in tqdm(samples, desc=f"served {scope} refine={refine}", leave=False):
                 image = Image.fromarray(s.image)
                 cat = cats[s.shape_id]
-                pred, _ = _s1(vp, image, s.box, cat, engine.views.config.margin)
+                pred, conf, _ = _s1(vp, image, s.box, cat, engine.views.config.margin)
                 subset = None if radius is None else poses_near(R, torch.from_numpy(pred), radius, flips).numpy()
-                pp = None if prior is None else PosePrior(tuple(pred), *prior)
+                pp = None if prior is None else PosePrior.from_prediction(pred, conf, *prior)
                 res = engine.search(image, s.box, category=cat, shape_ids=[s.shape_id] if shape_known else None,
                                     top_k=1, refine=refine, pose_subset=subset, prior=pp)
                 m = res.matches[0]
@@ -264,8 +268,8 @@ def _table(out: dict) -> str:
     lines = ["## Viewpoint prior in the search", "",
              f"{out['photos']} synthetic photos per scope (seed {out['seed']}). `rN`: only the grid poses within N° of the "
              "S1 prediction are scored; `+flip`: also those near its front/back flip. `soft`: candidates are ranked by the "
-             f"weighted mean (weight {pr['weight']:g} on the prior) of the matcher's distance estimate and the prior's, their rotation "
-             f"away from the S1 prediction{flip} (`models.viewpoint.PosePrior`; weight and flip cost tuned on {out['photos']} other photos, seed "
+             f"weighted mean (weight {pr['weight']:g}{_conf_note(pr)} on the prior) of the matcher's distance estimate and the prior's, their rotation "
+             f"away from the S1 prediction{flip} (`models.viewpoint.PosePrior`; weight, flip cost and confidence power tuned on {out['photos']} other photos, seed "
              f"{out['tuning_seed']}). On these photos the viewpoint network alone reaches Acc@π/6 "
              f"{out['viewpoint_error']['acc_pi6']:.3f}, median {out['viewpoint_error']['median_deg']:.1f}° "
              f"({out['viewpoint_ms_mean']:.1f} ms). Latency: the ranking step, category known (S1 + scoring). "
@@ -290,6 +294,11 @@ def _table(out: dict) -> str:
     lines += [f"| {k} | {v['acc_pi6']:.3f} | {v['median_deg']:.1f}° |" for k, v in out["as_served"].items()]
     lines += ["", "![prior](docs/viewpoint_prior.png)", ""]
     return "\n".join(lines)
+
+
+def _conf_note(prior: dict) -> str:
+    g = prior.get("confidence_power") or 0
+    return f" × the S1 confidence{'' if g == 1 else f' to the power {g:g}'}" if g else ""
 
 
 def _plot(summary: dict, latency: dict, path: Path) -> None:

@@ -36,6 +36,12 @@ class ViewpointConfig:
         return asdict(self)
 
 
+def wrap360(deg: Tensor) -> Tensor:
+    """Degrees into [0, 360): `remainder` alone rounds a tiny negative angle up to 360."""
+    r = torch.remainder(deg, 360.0)
+    return torch.where(r >= 360.0, torch.zeros_like(r), r)
+
+
 def angles_to_targets(angles_deg: Tensor, shift_deg: float) -> Tensor:
     """(B, 3) degrees -> (B, 3, 2) unit (cos, sin) of the shifted angles."""
     r = torch.deg2rad(angles_deg + shift_deg)
@@ -45,7 +51,7 @@ def angles_to_targets(angles_deg: Tensor, shift_deg: float) -> Tensor:
 def targets_to_angles(cs: Tensor, shift_deg: float) -> Tensor:
     """(B, 3, 2) (cos, sin) -> (B, 3) degrees in the contract's ranges."""
     ang = torch.rad2deg(torch.atan2(cs[..., 1], cs[..., 0])) - shift_deg
-    a = torch.remainder(ang[:, 0], 360.0)
+    a = wrap360(ang[:, 0])
     e = torch.remainder(ang[:, 1] + 180.0, 360.0) - 180.0
     e = e.clamp(-90.0, 90.0)
     t = torch.remainder(ang[:, 2] + 180.0, 360.0) - 180.0
@@ -100,8 +106,18 @@ class ViewpointNet(nn.Module):
         return total
 
     @torch.no_grad()
-    def predict(self, x: Tensor, categories: list[str | None]) -> tuple[Tensor, Tensor]:
-        """(B, 3) angles in degrees and (B,) confidence in [0, 1] (sign-class certainty; 1 for the baselines)."""
+    def predict(self, x: Tensor, categories: list[str | None], mirror: bool = True) -> tuple[Tensor, Tensor]:
+        """(B, 3) angles in degrees and (B,) confidence in [0, 1] (sign-class certainty; 1 for the baselines).
+        With `mirror`, the photo's horizontal mirror image is predicted too and the two answers merged
+        (`merge_mirrored`): the categories are left-right symmetric, and the mirror halves the
+        one-sided mistakes."""
+        if not mirror:
+            return self._predict(x, categories)
+        angles, conf = self._predict(torch.cat([x, x.flip(-1)]), list(categories) * 2)
+        b = len(x)
+        return merge_mirrored(angles[:b], conf[:b], mirror_angles(angles[b:]), conf[b:])
+
+    def _predict(self, x: Tensor, categories: list[str | None]) -> tuple[Tensor, Tensor]:
         feats = self.features(x)
         cs = torch.zeros(len(x), 3, 2, device=x.device)
         conf = torch.ones(len(x), device=x.device)
@@ -119,6 +135,29 @@ class ViewpointNet(nn.Module):
     def load_backbone_from(self, matching: MatchingNet) -> None:
         """Start from the matching network's photo stream (same topology and input)."""
         self.backbone.load_state_dict(matching.photo_stream.state_dict())
+
+
+def mirror_angles(angles_deg: Tensor) -> Tensor:
+    """The pose of a left-right symmetric object seen in the mirrored photo: azimuth and in-plane angle negate."""
+    out = angles_deg.clone()
+    out[..., 0] = wrap360(-angles_deg[..., 0])
+    out[..., 2] = -angles_deg[..., 2]
+    return out
+
+
+def merge_mirrored(a: Tensor, conf_a: Tensor, b: Tensor, conf_b: Tensor, agree_deg: float = 60.0) -> tuple[Tensor, Tensor]:
+    """Merge two (B, 3) estimates of one pose: the per-angle circular mean where their rotations agree
+    within `agree_deg`, else the more confident one (a mean of a pose and its flip is neither).
+    Measured on held-out photos in docs/eval_viewpoint.md ('mirror-averaged')."""
+    close = geodesic_deg(a, b) <= agree_deg
+    ra, rb = torch.deg2rad(a.double()), torch.deg2rad(b.double())
+    mean = torch.rad2deg(torch.atan2(torch.sin(ra) + torch.sin(rb), torch.cos(ra) + torch.cos(rb)))
+    mean[:, 0] = torch.remainder(mean[:, 0], 360.0)
+    mean[:, 1] = mean[:, 1].clamp(-90.0, 90.0)
+    pick = torch.where((conf_a >= conf_b)[:, None], a, b).double()
+    merged = torch.where(close[:, None].to(a.device), mean, pick).to(a.dtype)
+    merged[:, 0] = wrap360(merged[:, 0])
+    return merged, torch.where(close.to(a.device), (conf_a + conf_b) / 2, torch.maximum(conf_a, conf_b))
 
 
 @register("viewpoint-cpu")
@@ -170,6 +209,15 @@ class PosePrior:
     angles_deg: tuple[float, float, float]
     weight: float = 1.0             # the defaults are the tuned values (docs/viewpoint_prior.md)
     flip_cost: float | None = None
+
+    @classmethod
+    def from_prediction(cls, angles_deg, confidence: float, weight: float = 1.0, flip_cost: float | None = None,
+                        confidence_power: float = 0.0) -> "PosePrior":
+        """The prior of one S1 prediction, its weight scaled by confidence ** confidence_power: S1's
+        sign-class confidence tracks its error (held-out Acc@π/6 about 0.5 in the least confident
+        quarter, 0.8 in the most), so an unsure prediction can pull less."""
+        w = weight * float(confidence) ** confidence_power if confidence_power else weight
+        return cls(tuple(float(a) for a in angles_deg), w, flip_cost)
 
     def distance(self, poses_deg) -> Tensor:
         """(N, 3) poses in degrees -> (N,) the prior's distance estimates in degrees (float64)."""

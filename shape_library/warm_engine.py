@@ -231,13 +231,13 @@ def viewpoint_prior(engine, image, box, category: str | None):
     if model is None:
         return None, None
     grid = engine.grid
-    angles, _, _ = photo_viewpoint(model, image, box, category, engine.views.config.margin)
-    centre = tuple(float(a) for a in angles)
+    angles, conf, _ = photo_viewpoint(model, image, box, category, engine.views.config.margin)
     prior = None
     if settings.search_prior_weight is not None:
-        prior = PosePrior(centre, settings.search_prior_weight, settings.search_prior_flip_cost)
+        prior = PosePrior.from_prediction(angles.tolist(), conf, settings.search_prior_weight, settings.search_prior_flip_cost,
+                                          settings.search_prior_confidence_power)
     elif settings.search_prior_radius_deg is None:   # asked for while the settings turn both forms off
-        prior = PosePrior(centre)
+        prior = PosePrior.from_prediction(angles.tolist(), conf)
     subset = None
     if settings.search_prior_radius_deg is not None:
         subset = poses_near(_grid_rotations(grid.n_azimuth, grid.n_elevation, grid.n_theta), angles,

@@ -142,6 +142,15 @@ def test_pose_prior_distance_is_rotation_from_the_prediction_or_its_costed_flip(
     assert costed.combine(10.0, 2.0) == pytest.approx((10.0 + 3 * 2.0) / 4)
 
 
+def test_an_unsure_prediction_pulls_less_when_the_confidence_power_is_set():
+    from models.viewpoint import PosePrior
+
+    sure, unsure = (PosePrior.from_prediction([30.0, 10.0, 5.0], c, 2.0, 12.0, confidence_power=2.0) for c in (1.0, 0.5))
+    assert sure.weight == pytest.approx(2.0) and unsure.weight == pytest.approx(0.5)
+    assert unsure.flip_cost == 12.0 and unsure.angles_deg == (30.0, 10.0, 5.0)
+    assert PosePrior.from_prediction([30.0, 10.0, 5.0], 0.1, 2.0).weight == pytest.approx(2.0)   # power 0: confidence ignored
+
+
 def test_search_with_a_pose_prior_ranks_by_the_combined_estimate(setup):
     from models.viewpoint import PosePrior
 

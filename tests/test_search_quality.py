@@ -96,6 +96,27 @@ def test_the_shipped_viewpoint_prior_makes_shape_known_poses_more_accurate(engin
     assert acc_prior >= acc_alone + 0.1 and acc_prior >= 0.4, (acc_alone, acc_prior)
 
 
+def test_the_confidence_power_setting_scales_the_priors_weight(engine_env, photos, monkeypatch):
+    from models.checkpoint import WEIGHTS_DIR
+    from shape_library import settings, warm_engine
+
+    if not (WEIGHTS_DIR / "viewpoint.pt").is_file():
+        pytest.skip("no viewpoint weights")
+    _, _, engine = engine_env
+    p = photos[0]
+    img = Image.fromarray(p.image)
+    _, conf, _ = warm_engine.photo_viewpoint(warm_engine.get_viewpoint_model(), img, p.box, "car", engine.views.config.margin)
+    monkeypatch.setenv("SHAPESEARCH_SEARCH_PRIOR_WEIGHT", "2")
+    monkeypatch.setenv("SHAPESEARCH_SEARCH_PRIOR_CONFIDENCE_POWER", "2")
+    settings.get_settings.cache_clear()
+    try:
+        prior, _ = warm_engine.viewpoint_prior(engine, img, p.box, "car")
+    finally:
+        monkeypatch.undo()
+        settings.get_settings.cache_clear()
+    assert conf < 1 and prior.weight == pytest.approx(2 * conf ** 2)
+
+
 @pytest.fixture()
 def client(engine_env, monkeypatch):
     """The API over the fixture's three indexed shapes, with the process caches reset around it."""

@@ -120,3 +120,30 @@ def test_poses_near_keeps_the_grid_poses_around_the_prediction_and_its_flip():
     err = geodesic_deg(torch.from_numpy(grid.poses(np.array(sorted(near)))).double(), pred.double()[None].expand(len(near), 3))
     assert float(err.max()) <= 30.0 + 1e-6
     assert len(poses_near(R, pred, 180.0, flips=False)) == len(grid)
+
+
+def test_merge_mirrored_means_agreeing_answers_and_keeps_the_confident_one_otherwise():
+    from models.viewpoint import merge_mirrored
+
+    a = torch.tensor([[350.0, 10.0, 5.0], [10.0, 0.0, 0.0]])
+    b = torch.tensor([[10.0, 20.0, -5.0], [190.0, 0.0, 0.0]])     # row 1: the front/back flip
+    merged, conf = merge_mirrored(a, torch.tensor([0.5, 0.5]), b, torch.tensor([0.4, 0.9]))
+    assert torch.allclose(merged[0], torch.tensor([0.0, 15.0, 0.0]), atol=1e-4)   # across 0/360, in [0, 360)
+    assert 0.0 <= float(merged[0, 0]) < 360.0
+    assert torch.equal(merged[1], b[1]) and float(conf[1]) == pytest.approx(0.9)
+
+
+def test_the_mirror_averaged_prediction_merges_the_photo_and_its_mirror_and_is_mirror_equivariant():
+    from models.viewpoint import merge_mirrored, mirror_angles
+
+    torch.manual_seed(0)
+    model = ViewpointNet(ViewpointConfig(input_size=32, widths=(8, 16, 16, 16, 16), hidden=32, categories=("car",))).eval()
+    x = torch.rand(6, 3, 32, 32) - 0.5
+    cats = ["car", None, "car", "boat", "car", None]
+    a, ca = model.predict(x, cats, mirror=False)
+    b, cb = model.predict(x.flip(-1), cats, mirror=False)
+    merged, conf = model.predict(x, cats)
+    want, want_conf = merge_mirrored(a, ca, mirror_angles(b), cb)
+    assert torch.allclose(merged, want) and torch.allclose(conf, want_conf)
+    of_mirror, _ = model.predict(x.flip(-1), cats)
+    assert float(geodesic_deg(of_mirror, mirror_angles(merged)).max()) < 1e-3
