@@ -207,7 +207,7 @@ class PosePrior:
     prediction can still win. `python -m models.eval_prior` picks weight and flip_cost on tuning photos."""
 
     angles_deg: tuple[float, float, float]
-    weight: float = 1.0             # the defaults are the tuned values (docs/viewpoint_prior.md)
+    weight: float = 1.0             # the plain mean; the service's tuned values are in the settings
     flip_cost: float | None = None
 
     @classmethod

@@ -59,11 +59,13 @@ class Match:
         order of the matches; a regressed distance can dip below 0, so it is clamped at 0 and
         `raw_score` keeps the order visible when clamped scores tie. `matcher_score` is the matching
         network's own estimate (what the no-match threshold reads); `prior_deg` the viewpoint
-        prior's, when one was used."""
+        prior's, when one was used, and `prior_weight` its weight in the mean (scaled by S1's
+        confidence), so the ranking can be recomputed from the reported numbers."""
         out = {k: getattr(self, k) for k in ("shape_id", "category", "name", "azimuth", "elevation", "theta", "pose_index", "prior_deg")}
         out["score"] = max(0.0, float(self.rank_value))
         out["raw_score"] = float(self.rank_value)
         out["matcher_score"] = float(self.score)
+        out["prior_weight"] = None if self.prior is None else float(self.prior.weight)
         return out
 
 

@@ -275,6 +275,7 @@ def test_search_batch_end_to_end_with_results_downloads_and_metrics(api, tmp_pat
     assert csv_text[0].startswith("index,name,status") and len(csv_text) == 1 + 3 * 2
     rows = list(csv.DictReader(csv_text))
     assert all(float(r["score"]) == max(0.0, float(r["raw_score"])) for r in rows)
+    assert all(r["prior_deg"] == r["prior_weight"] == "" for r in rows)   # "misc" has no viewpoint head: no prior
     assert api.get(f"/v1/jobs/{jid}/results.json").json()["results"][2]["name"] == "p2.png"
     assert api.delete(f"/v1/jobs/{jid}").status_code == 409
     assert any(j["job_id"] == jid for j in api.get("/v1/jobs").json())

@@ -179,8 +179,11 @@ def test_api_search_with_the_viewpoint_prior_scores_a_fraction_of_the_candidates
     assert default["candidates"] == pruned["candidates"]        # the default library's categories all have heads
     assert pruned["candidates"] % 3 == 0                        # the same poses of every shape
     assert all(m["prior_deg"] is None for m in full["matches"])
-    for m in pruned["matches"]:                                 # ranked by the mean of the two estimates
-        assert m["prior_deg"] is not None and m["raw_score"] == pytest.approx((m["matcher_score"] + m["prior_deg"]) / 2, abs=1e-4)
+    for m in pruned["matches"]:                                 # ranked by the weighted mean of the two estimates
+        w = m["prior_weight"]
+        assert m["prior_deg"] is not None and 0 < w <= 4.0 and w == pruned["matches"][0]["prior_weight"]
+        assert m["raw_score"] == pytest.approx((m["matcher_score"] + w * m["prior_deg"]) / (1 + w), abs=1e-4)
+    assert all(m["prior_weight"] is None for m in full["matches"])
     raw = [m["raw_score"] for m in pruned["matches"]]
     assert all(b >= a - 1e-3 for a, b in zip(raw, raw[1:]))
 

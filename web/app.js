@@ -446,7 +446,8 @@
           el("dt", { text: "theta" }), el("dd", { class: "theta", text: fmt1(m.theta) + "°" }),
         ),
         el("div", { class: "score", title: "predicted geodesic error to the photo's pose (smaller is better)" +
-            (m.prior_deg != null ? `: mean of the matcher's ${fmt1(m.matcher_score)}° and the viewpoint prior's ${fmt1(m.prior_deg)}°` : "") },
+            (m.prior_deg != null ? `: weighted mean of the matcher's ${fmt1(m.matcher_score)}° and the viewpoint prior's ${fmt1(m.prior_deg)}°` +
+              (m.prior_weight != null ? ` (prior weight ${fmt1(m.prior_weight)})` : "") : "") },
           "predicted error ", el("strong", { class: "score-value", text: fmt1(m.score) + "°" })),
       ),
     );

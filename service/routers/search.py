@@ -32,6 +32,8 @@ class MatchOut(BaseModel):
                                         "(what the no-match threshold is compared with)")
     prior_deg: float | None = Field(None, description="the S1 viewpoint prior's estimate: rotation away from its prediction, "
                                     "or from the prediction's front/back flip plus a fixed cost; null when the prior was not used")
+    prior_weight: float | None = Field(None, description="the prior's weight w in score = (matcher_score + w * prior_deg) / (1 + w): "
+                                       "the configured weight times the S1 confidence to the configured power; null without the prior")
     pose_index: int | None = Field(None, description="grid pose index, null when refined off the grid")
     overlay_png: str | None = Field(None, description="data URL of this match blended onto the photo (overlay=true)")
 
@@ -54,7 +56,7 @@ class SearchOut(BaseModel):
 
     model_config = {"json_schema_extra": {"examples": [{
         "matches": [{"shape_id": 12, "category": "car", "name": "sedan", "azimuth": 42.1, "elevation": 8.2, "theta": 0.0,
-                     "score": 6.3, "raw_score": 6.3, "matcher_score": 8.1, "prior_deg": 4.5, "pose_index": 1234}],
+                     "score": 6.3, "raw_score": 6.3, "matcher_score": 8.1, "prior_deg": 4.5, "prior_weight": 1.0, "pose_index": 1234}],
         "no_match": False, "no_match_threshold": 41.0, "timing_ms": {"photo_stream": 3.1, "ranking": 14.2, "refinement": 120.5, "total": 140.0},
         "candidates": 60984, "photo_box": [10, 20, 200, 210], "overlay_png": None}]}}
 
