@@ -31,18 +31,15 @@ from .reports import replace_block
 from . import checkpoint, registry
 from . import viewpoint  # noqa: F401  (registers the model)
 from .train_matching import CATEGORIES, jitter_crops, photo_set, prepare_library, shape_split
-from .viewpoint import accuracy_table, geodesic_deg
+from .viewpoint import accuracy_table, geodesic_deg, mirror_angles
 
 REPO = Path(__file__).resolve().parent.parent
 HEAD_NAMES = {"exp": "S_exp (ours)", "flat": "S_flat", "direct": "direct + smooth-L1"}
 
 
 def mirror(crops: np.ndarray, poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Horizontally mirrored photos of left-right symmetric objects: azimuth and in-plane angle negate."""
-    p = poses.copy()
-    p[:, 0] = np.mod(-p[:, 0], 360.0)
-    p[:, 2] = -p[:, 2]
-    return crops[:, :, ::-1].copy(), p
+    """Horizontally mirrored photos of left-right symmetric objects (their poses: `mirror_angles`)."""
+    return crops[:, :, ::-1].copy(), mirror_angles(torch.from_numpy(poses)).numpy()
 
 
 def to_tensor(crops: np.ndarray) -> torch.Tensor:

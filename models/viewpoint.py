@@ -152,12 +152,11 @@ def merge_mirrored(a: Tensor, conf_a: Tensor, b: Tensor, conf_b: Tensor, agree_d
     close = geodesic_deg(a, b) <= agree_deg
     ra, rb = torch.deg2rad(a.double()), torch.deg2rad(b.double())
     mean = torch.rad2deg(torch.atan2(torch.sin(ra) + torch.sin(rb), torch.cos(ra) + torch.cos(rb)))
-    mean[:, 0] = torch.remainder(mean[:, 0], 360.0)
     mean[:, 1] = mean[:, 1].clamp(-90.0, 90.0)
     pick = torch.where((conf_a >= conf_b)[:, None], a, b).double()
-    merged = torch.where(close[:, None].to(a.device), mean, pick).to(a.dtype)
+    merged = torch.where(close[:, None], mean, pick).to(a.dtype)
     merged[:, 0] = wrap360(merged[:, 0])
-    return merged, torch.where(close.to(a.device), (conf_a + conf_b) / 2, torch.maximum(conf_a, conf_b))
+    return merged, torch.where(close, (conf_a + conf_b) / 2, torch.maximum(conf_a, conf_b))
 
 
 @register("viewpoint-cpu")
@@ -204,7 +203,8 @@ class PosePrior:
     flip plus `flip_cost` degrees (S1's commonest confusion; None: the flip is not considered).
     The search ranks by the weighted mean of the matcher's estimate and this one (`combine`), so
     the matcher still chooses between shapes and nearby poses, and a good match far from a wrong
-    prediction can still win. `python -m models.eval_prior` picks weight and flip_cost on tuning photos."""
+    prediction can still win. `python -m models.eval_prior` picks weight, flip_cost and the confidence
+    scaling (`from_prediction`) on tuning photos."""
 
     angles_deg: tuple[float, float, float]
     weight: float = 1.0             # the plain mean; the service's tuned values are in the settings
