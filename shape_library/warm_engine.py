@@ -206,14 +206,12 @@ def photo_viewpoint(model, image, box, category: str | None, margin: float):
     one PIL photo, seen through the same square crop as the search's photo stream. A category without
     a head of its own gets the generic head."""
     import numpy as np
-    import torch
 
     from .search import photo_crop, photos_to_tensor
 
     crop, sq = photo_crop(image, box, model.config.input_size, margin)
     x = photos_to_tensor(np.asarray(crop)[None]).to(next(model.parameters()).device)
-    with torch.no_grad():
-        angles, conf = model.predict(x, [category if category in model.names else None])
+    angles, conf = model.predict(x, [category if category in model.names else None])   # predict runs without autograd
     return angles[0].cpu().double(), float(conf[0]), sq
 
 

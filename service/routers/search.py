@@ -145,9 +145,9 @@ async def search(
     top_k: int = Form(5),
     refine: bool = Form(True, description="evaluate finer poses around the best grid poses"),
     overlay: bool = Form(False, description="also return, per match, the overlay PNG as a data URL"),
-    prior: bool | None = Form(None, description="use the S1 viewpoint prediction: rank by score plus a penalty for "
-                              "rotation away from it (or its front/back flip) and score only the grid poses near them, "
-                              "as the server's settings say; default: on where the viewpoint model knows every category searched"),
+    prior: bool | None = Form(None, description="use the S1 viewpoint prediction: rank by the weighted mean of the "
+                              "matcher's estimate and the candidate's rotation away from the prediction (see prior_weight) "
+                              "and score only the grid poses near it, as the server's settings say; default: on where the viewpoint model knows every category searched"),
     bundle_tradeoff: float | None = Form(None, description="restrict the search to the shapes of the hedged Vec2Bundle "
                                          "answer (DARTS) at this trade-off in [0, 1]; 0 = one shape, 1 = all"),
     tag_filter: bool = Form(False, description="without a category, search only the categories the tagger finds in "
