@@ -43,6 +43,12 @@ def test_fast_scoring_equals_two_stream_forward(setup):
     # float16 storage keeps the ranking of clearly separated scores
     half = engine.score_all(code, engine.features.codes(sid))
     assert torch.allclose(half, full, atol=2e-2)
+    # chunked in place through one scratch buffer: a partial last chunk must not reuse stale rows
+    codes = engine.features.codes(sid).float()
+    assert len(codes) % 16
+    chunked = SearchEngine(lib, engine.features, model, chunk=16)   # several full chunks and a partial one
+    assert torch.allclose(chunked.score_all(code, codes), fast, atol=1e-5)
+    assert chunked.score_all(code, codes[:0]).shape == (0,)
 
 
 def test_search_filters_and_sorting(setup):
