@@ -276,7 +276,7 @@ def write_reports(results: dict, args) -> None:
     md = "## Shape search evaluation (held-out synthetic photos)\n\n"
     md += f"Weights `{checkpoint.repo_path(results['weights'])}`, {results['photos_per_set']} photos per set, photo seed {results['seed']}; produced by `python -m models.eval_matching`.\n\n"
     md += "**1. Shape known** (photos of training shapes at new poses, new appearance):\n\n" + fmt_table(results["exp1_shape_known"], cols, "category") + "\n"
-    md += "With refinement (27 rendered poses around each of the best 3 grid poses):\n\n" + fmt_table(results["exp1_refined"], ["n", "acc_pi6", "median_deg"], "category") + "\n"
+    md += "With refinement (27 rendered poses around the best grid pose):\n\n" + fmt_table(results["exp1_refined"], ["n", "acc_pi6", "median_deg"], "category") + "\n"
     md += "**2. Only the category known** (all its shapes × 2,541 poses):\n\n" + fmt_table(results["exp2_category_known"], cols2, "category") + "\n"
     md += "**3. Shapes never seen in training**, shape known:\n\n" + fmt_table(results["exp3_unseen_shape_known"], cols, "category") + "\n"
     md += "and category known:\n\n" + fmt_table(results["exp3_unseen_category_known"], cols2, "category") + "\n"

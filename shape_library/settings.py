@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     search_prior_radius_deg: float | None = Field(45.0, gt=0, le=180, description="score only grid poses this close to the S1 viewpoint (None: no cut)")
     search_prior_flips: bool = Field(False, description="the cut also keeps the poses near the front/back flip of the S1 viewpoint")
 
+    # Refinement renders 27 poses around each of this many best grid answers; eval_prior measured the
+    # best 3 no more accurate than the best one (within a photo in 120) at three times the rendering.
+    search_refine_top: int = Field(1, ge=1, le=10, description="grid answers the refinement step moves (27 rendered poses each)")
+
     # FAISS first stage (shape_library/ann.py, docs/benchmarks.md): used when a search has at least
     # this many candidate views (None: never); below it the search scores every candidate exactly.
     ann_min_views: int | None = Field(500_000, ge=1, description="candidate views from which the search uses the FAISS first stage")

@@ -28,7 +28,8 @@ def _engine():
     model, features = parts
     card = settings.matching_weights.with_suffix(".json")
     threshold = json.loads(card.read_text()).get("no_match_threshold_deg") if card.is_file() else None
-    return SearchEngine(library, features, model, features.device, no_match_threshold_deg=threshold)
+    return SearchEngine(library, features, model, features.device, no_match_threshold_deg=threshold,
+                        refine_top=settings.search_refine_top)
 
 
 def get_engine():

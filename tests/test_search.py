@@ -80,6 +80,21 @@ def test_refinement_never_worsens_and_leaves_the_grid(setup):
     assert len(poses) == 27 and np.allclose(poses.mean(axis=0), (100, 5, 0), atol=1e-6)
 
 
+@pytest.mark.parametrize("refine_top", [1, 2])
+def test_refinement_moves_only_the_best_refine_top_answers(setup, monkeypatch, refine_top):
+    lib, _, model, engine, _ = setup
+    eng = SearchEngine(lib, engine.features, model, refine_top=refine_top)
+    moved = []
+    real = eng.refine
+    monkeypatch.setattr(eng, "refine", lambda code, ms, prior=None: moved.append(len(ms)) or real(code, ms, prior))
+    plain = eng.search(_photo(), top_k=4, refine=False)
+    refined = eng.search(_photo(), top_k=4, refine=True)
+    assert moved == [refine_top]
+    # the answers below the refined ones are the grid answers, untouched
+    assert [(m.shape_id, m.pose_index) for m in refined.matches if m.pose_index is not None][-(4 - refine_top):] == \
+        [(m.shape_id, m.pose_index) for m in plain.matches][refine_top:]
+
+
 def test_index_codes_follow_add_and_remove(setup):
     lib, views, model, engine, tmp = setup
     f = tmp / "sphere.ply"
