@@ -6,7 +6,8 @@ Data, in the style of ModelNet10-SO3, built from the library: every shape (the g
 library plus every mesh of the given folder) rendered grey on white under rotations uniform on
 SO(3) (the object's grey kept below the white background, so faces turned to the light do not
 vanish); shapes split 80/20 by category. Training: 100 rotations per training shape, each drawn
-turned about the optical axis by a random angle (its label turned with it) and with a random
+turned about the optical axis by a random angle (its label turned with it; its normal map turned and
+shaded again, so the lights stay put) and with a random
 object brightness. Tests: 4 new
 rotations per held-out shape ("unseen shapes") and 4 new rotations per training shape ("seen
 shapes"). Same data, steps and seed for the three heads. The S_exp model ships as
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from shape_library.bootstrap import ensure_default_library
 from shape_library.importers import import_folder
 from shape_library.library import ShapeLibrary
-from shape_library.render import OBJECT_MAX_GREY as OBJECT_MAX, Renderer, grey_on_white
+from shape_library.render import OBJECT_MAX_GREY as OBJECT_MAX, Renderer, grey_on_white, shade, turn_normal_map
 from shape_library.settings import Settings
 
 from .reports import replace_block
@@ -42,7 +43,8 @@ HEADS = {"direct": "direct + smooth-L1", "flat": "S_flat", "exp": "S_exp (ours)"
 
 def render_set(library: ShapeLibrary, shape_ids: list[int], per_shape: int, seed: int, size: int,
                cache: Path | None = None) -> dict[str, np.ndarray]:
-    """(N, size, size) uint8 grey renderings on white and their (N, 3, 3) rotations."""
+    """(N, size, size) uint8 grey renderings on white, their (N, size, size, 3) int8 camera-frame
+    normal maps (x 127; what the in-plane augmentation turns and shades again) and (N, 3, 3) rotations."""
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
             return dict(z)
@@ -50,12 +52,14 @@ def render_set(library: ShapeLibrary, shape_ids: list[int], per_shape: int, seed
     R = random_rotations(len(shape_ids) * per_shape, generator=g, dtype=torch.float64)
     a, e, t = (torch.rad2deg(v).numpy() for v in matrix_to_euler(R))
     images = np.zeros((len(R), size, size), np.uint8)
+    normals = np.zeros((len(R), size, size, 3), np.int8)
     shapes = np.repeat(np.asarray(shape_ids, np.int64), per_shape)
     with Renderer(size) as renderer:
         for i in tqdm(range(len(R)), desc=f"SO(3) renders ({per_shape}/shape)"):
             res = renderer.render(library.mesh(int(shapes[i])), float(a[i]), float(e[i]), float(t[i]))
             images[i] = grey_on_white(res.shading, res.mask)
-    out = {"images": images, "rotations": R.float().numpy(), "shapes": shapes}
+            normals[i] = np.round(res.normals * 127.0).astype(np.int8)
+    out = {"images": images, "normals": normals, "rotations": R.float().numpy(), "shapes": shapes}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(cache, **out)
@@ -74,22 +78,24 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).float().div_(255.0).sub_(0.5).unsqueeze(1)
 
 
-def inplane_augment(images: np.ndarray, rotations: np.ndarray, rng: np.random.Generator
+def inplane_augment(normals: np.ndarray, rotations: np.ndarray, rng: np.random.Generator
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Turn each rendering about the image centre by a random angle phi and its label with it.
+    """Grey renderings turned about the optical axis by a random angle phi, and their labels turned alike.
 
-    Turning the picture counter-clockwise by phi is turning the camera about its optical axis:
-    R(a, e, theta + phi) = Rz(phi) R(a, e, theta) (the contract's Euler order), so the label stays
-    exact.  Every (azimuth, elevation) view then comes at every in-plane angle, without rendering
-    more than the 100 rotations per shape.  Corners the turn brings in are white, like the
-    background; the renderer frames the shape's bounding sphere, so nothing of it is cut off.
+    Turning the camera about its optical axis is R(a, e, theta + phi) = Rz(phi) R(a, e, theta) (the
+    contract's Euler order), so the label stays exact.  Every (azimuth, elevation) view then comes at
+    every in-plane angle, without rendering more than the 100 rotations per shape.  The normal map is
+    turned (`render.turn_normal_map`) and shaded again, so the lights stay where the renderer has
+    them, upper left in the camera frame: turning the grey picture instead turned the light with it,
+    and the light's side, the cue that tells a view from its mirror image, became noise.  The
+    renderer frames the shape's bounding sphere, so nothing of it is cut off.
     """
-    from PIL import Image
-
-    phi = rng.uniform(-180.0, 180.0, len(images))
-    out = np.empty_like(images)
-    for i, (img, p) in enumerate(zip(images, phi)):
-        out[i] = np.asarray(Image.fromarray(img).rotate(float(p), resample=Image.BILINEAR, fillcolor=255))
+    phi = rng.uniform(-180.0, 180.0, len(normals))
+    out = np.empty(normals.shape[:3], np.uint8)
+    for i, (n, p) in enumerate(zip(normals, phi)):
+        turned = turn_normal_map(n, float(p)) / 127.0
+        mask = np.abs(turned).sum(-1) > 0
+        out[i] = grey_on_white(shade(turned, mask), mask)
     c, s = np.cos(np.deg2rad(phi)), np.sin(np.deg2rad(phi))
     Rz = np.zeros((len(phi), 3, 3), np.float32)
     Rz[:, 0, 0], Rz[:, 0, 1], Rz[:, 1, 0], Rz[:, 1, 1], Rz[:, 2, 2] = c, -s, s, c, 1.0
@@ -111,9 +117,9 @@ def train_one(head: str, data: dict, args) -> torch.nn.Module:
     for step in bar:
         idx = rng.integers(0, len(data["images"]), args.batch)
         images, rotations = data["images"][idx], data["rotations"][idx]
-        images = brightness_augment(images, rng)
         if args.inplane_augment:
-            images, rotations = inplane_augment(images, rotations, rng)
+            images, rotations = inplane_augment(data["normals"][idx], rotations, rng)
+        images = brightness_augment(images, rng)
         loss = model.loss(to_tensor(images), torch.from_numpy(rotations))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -138,7 +144,8 @@ def report(results: dict, meta: dict) -> str:
              f"Grey renderings on white under rotations uniform on SO(3): {meta['train_renders']} for training "
              f"({meta['per_shape_train']} per shape, {meta['train_shapes']} shapes), {meta['per_shape_test']} new rotations "
              f"per shape for testing. Training images are turned about the optical axis by a random angle (label turned "
-             f"with them){'' if meta.get('inplane_augment', True) else ' (off in this run)'} and get a random object "
+             f"with them; the normal map is turned and shaded again, so the lights stay fixed in the camera frame)"
+             f"{'' if meta.get('inplane_augment', True) else ' (off in this run)'} and get a random object "
              "brightness. Same data, augmentation, steps, seed and backbone start (the matching network's rendering stream) "
              "for each head. Generated by `python -m models.train_rotation`.", "",
              "| head | test shapes | n | median error | Acc@π/6 | Acc@π/12 | Acc@π/24 |", "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -190,7 +197,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--per-shape-train", type=int, default=100)
     p.add_argument("--per-shape-test", type=int, default=4)
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=12000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -223,7 +230,7 @@ def run(args) -> dict:
     if args.library is not None:
         import_folder(library, args.library, progress=False)
     train_ids, test_ids = split_shapes(library.shapes(), 0.2, args.seed)
-    tag = f"{args.size}-{len(train_ids)}-{len(test_ids)}-{args.seed}-v2"   # v2: object darker than the background
+    tag = f"{args.size}-{len(train_ids)}-{len(test_ids)}-{args.seed}-v3"   # v2: object darker than the background; v3: + normal maps
     train = render_set(library, train_ids, args.per_shape_train, args.seed, args.size, args.data_dir / f"train-{args.per_shape_train}-{tag}.npz")
     unseen = render_set(library, test_ids, args.per_shape_test, args.seed + 1, args.size, args.data_dir / f"unseen-{args.per_shape_test}-{tag}.npz")
     seen = render_set(library, train_ids, args.per_shape_test, args.seed + 2, args.size, args.data_dir / f"seen-{args.per_shape_test}-{tag}.npz")

@@ -193,6 +193,26 @@ class Renderer:
         return RenderResult(color, mask, depth.astype(np.float32), n_cam, s, (azimuth, elevation, theta, distance), K)
 
 
+def turn_normal_map(normals: np.ndarray, phi: float) -> np.ndarray:
+    """The camera-frame normal map of the view at in-plane angle theta + phi, from the one at theta.
+
+    R(a, e, theta + phi) = Rz(phi) R(a, e, theta): the camera turns about its optical axis (the
+    principal point is the image centre), so the map turns by phi and every normal by Rz(phi).
+    Shading it again with `shade` keeps the lights where they are in the camera frame, which turning
+    the grey picture would not. Nearest-neighbour, so normals are never blended; zero (background)
+    outside the source.
+    """
+    H, W = normals.shape[:2]
+    c, s = np.cos(np.deg2rad(phi)), np.sin(np.deg2rad(phi))
+    x, y = np.meshgrid(np.arange(W, dtype=np.float32) + 0.5 - W / 2.0, -(np.arange(H, dtype=np.float32) + 0.5 - H / 2.0))
+    # the source of each output pixel: its point turned back by -phi (camera plane, y up)
+    su = np.rint(c * x + s * y + W / 2.0 - 0.5).astype(np.int64)
+    sv = np.rint(s * x - c * y + H / 2.0 - 0.5).astype(np.int64)
+    inside = (su >= 0) & (su < W) & (sv >= 0) & (sv < H)
+    n = normals[np.clip(sv, 0, H - 1), np.clip(su, 0, W - 1)].astype(np.float32) * inside[..., None]
+    return np.stack([c * n[..., 0] - s * n[..., 1], s * n[..., 0] + c * n[..., 1], n[..., 2]], -1)
+
+
 def pixel_rays(K: Intrinsics) -> np.ndarray:
     """(H, W, 3) viewing ray of each pixel centre in the camera frame, z = -1 (so p_cam = depth * ray)."""
     u = np.arange(K.width, dtype=np.float32) + 0.5

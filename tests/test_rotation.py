@@ -48,8 +48,9 @@ def test_render_set_draws_each_rotation_it_reports(one_shape, tmp_path):
 
 
 def test_inplane_augment_turns_the_label_with_the_picture(one_shape):
-    """The turned rendering must have the outline of a rendering at the rotation the augmentation
-    reports (a wrong sign or order of Rz would give the opposite turn's)."""
+    """The turned view must look like a rendering at the rotation the augmentation reports, outline
+    and shading alike (a wrong sign or order of Rz would give the opposite turn's; turning the grey
+    picture instead of the normals would turn the light with it)."""
     from models.geometry import euler_to_matrix, matrix_to_euler
     from models.train_rotation import inplane_augment
 
@@ -57,17 +58,34 @@ def test_inplane_augment_turns_the_label_with_the_picture(one_shape):
     R = euler_to_matrix(torch.deg2rad(torch.tensor(40.0)), torch.deg2rad(torch.tensor(25.0)), torch.tensor(0.0))
     with Renderer(64) as r:
         def view(a, e, t):
-            res = r.render(lib.mesh(sid), a, e, t)
-            return on_white(res.shading, res.mask)
+            return r.render(lib.mesh(sid), a, e, t)
 
-        turned, R2 = inplane_augment(view(40.0, 25.0, 0.0)[None], R[None].float().numpy(), np.random.default_rng(2))
+        base = view(40.0, 25.0, 0.0)
+        normals = np.round(base.normals * 127).astype(np.int8)[None]
+        turned, R2 = inplane_augment(normals, R[None].float().numpy(), np.random.default_rng(2))
         a, e, t = (float(torch.rad2deg(v)) for v in matrix_to_euler(torch.from_numpy(R2[0]).double()))
         assert abs(t) > 20  # the draw really turned it
         want, opposite = view(a, e, t), view(a, e, -t)
     assert abs(a - 40.0) < 1e-3 and abs(e - 25.0) < 1e-3
-    # silhouettes: the light turns with the picture, so the shading may differ, the outline may not
-    iou = lambda x, y: ((x < 250) & (y < 250)).sum() / ((x < 250) | (y < 250)).sum()  # noqa: E731
-    assert iou(turned[0], want) > 0.9 > iou(turned[0], opposite)
+    obj = turned[0] < 255
+    iou = lambda m: (obj & m).sum() / (obj | m).sum()  # noqa: E731
+    assert iou(want.mask) > 0.9 > iou(opposite.mask)
+    # the lights stay in the camera frame: the greys match the true rendering's where both show the object
+    both = obj & want.mask
+    grey_err = np.abs(turned[0][both].astype(int) - on_white(want.shading, want.mask)[both].astype(int))
+    assert np.median(grey_err) <= 2 and grey_err.mean() < 12
+
+
+def test_turn_normal_map_quarter_turns_are_exact():
+    from shape_library.render import turn_normal_map
+
+    n = np.random.default_rng(0).normal(size=(8, 8, 3)).astype(np.float32)
+    assert np.allclose(turn_normal_map(n, 0.0), n)
+    q = turn_normal_map(n, 90.0)
+    # a quarter turn counter-clockwise: the top row is the right column (top-right corner to top-left), each normal turned
+    assert np.allclose(q[0, :, 0], -n[:, -1, 1], atol=1e-5) and np.allclose(q[0, :, 1], n[:, -1, 0], atol=1e-5)
+    assert np.allclose(turn_normal_map(q, -90.0), n, atol=1e-5)
+    assert np.allclose(turn_normal_map(q, 90.0), turn_normal_map(n, 180.0), atol=1e-5)
 
 
 @pytest.mark.parametrize("head", ["exp", "direct"])
