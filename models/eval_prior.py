@@ -248,9 +248,8 @@ def _as_served(engine, vp, library, seen, unseen, spec, cats) -> dict:
     for scope, samples, shape_known in (("category known", seen, False), ("shape known", seen, True),
                                         ("unseen shapes, shape known", unseen, True)):
         served_top = engine.refine_top
-        for label, refine, top in (("", False, served_top), (", refined", True, served_top), (", refined best 3", True, 3)):
-            if top == served_top and label.endswith("3"):
-                continue
+        variants = [("", False, served_top), (", refined", True, served_top)] + ([(", refined best 3", True, 3)] if served_top != 3 else [])
+        for label, refine, top in variants:
             engine.refine_top = top
             errs, ref_ms = [], []
             for s in tqdm(samples, desc=f"served {scope}{label}", leave=False):
