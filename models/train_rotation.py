@@ -116,9 +116,10 @@ def train_one(head: str, data: dict, args) -> torch.nn.Module:
     bar = tqdm(range(args.steps), desc=f"train rotation ({head})")
     for step in bar:
         idx = rng.integers(0, len(data["images"]), args.batch)
-        images, rotations = data["images"][idx], data["rotations"][idx]
         if args.inplane_augment:
-            images, rotations = inplane_augment(data["normals"][idx], rotations, rng)
+            images, rotations = inplane_augment(data["normals"][idx], data["rotations"][idx], rng)
+        else:
+            images, rotations = data["images"][idx], data["rotations"][idx]
         images = brightness_augment(images, rng)
         loss = model.loss(to_tensor(images), torch.from_numpy(rotations))
         opt.zero_grad(set_to_none=True)

@@ -123,9 +123,7 @@ class SearchEngine:
         self.device = device
         self.no_match_threshold_deg = no_match_threshold_deg
         self.chunk = chunk
-        # How many of the best grid answers refinement moves (27 renders each). One: eval_prior measured
-        # the best 3 no more accurate (within a photo in 120) at three times the rendering.
-        self.refine_top = max(1, int(refine_top))
+        self.refine_top = max(1, int(refine_top))   # grid answers refinement moves (why 1: Settings.search_refine_top)
         self._matrix_key: tuple | None = None
         self._matrix: torch.Tensor | None = None
         self._owner: np.ndarray | None = None
