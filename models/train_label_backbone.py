@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -49,31 +48,39 @@ def augment(images: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
     return (t + 0.5) * gain - 0.5
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m models.train_label_backbone", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--library", type=Path)
     p.add_argument("--data-dir", type=Path, default=Path("var/tags"))
     p.add_argument("--out", type=Path, default=Path("var/tags/label_backbone.pt"))
     p.add_argument("--scenes", type=int, default=24000, help="as models.train_tags (reuses its cached scenes)")
+    p.add_argument("--sprites-per-shape", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=3, help="as models.train_hierarchy (reuses its cached scenes)")
+    p.add_argument("--multi-scenes", type=int, default=12000, help="as models.train_hierarchy")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
     p.add_argument("--init-from", type=Path, default=checkpoint.WEIGHTS_DIR / "matching.pt",
                    help="matching network whose photo stream starts the backbone")
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args) -> dict:
+    """Train, save to args.out (a tagger checkpoint whose backbone is the result), return its meta."""
     if args.threads:
         torch.set_num_threads(args.threads)
     from .train_hierarchy import build_parser as hier_parser, class_labels, datasets
     from .train_tags import build_parser as tag_parser, scene_sets
 
-    library, bank = prepare(args.data_dir, args.library, args.seed)
-    targs = tag_parser().parse_args(["--data-dir", str(args.data_dir), "--scenes", str(args.scenes), "--seed", str(args.seed), "--quiet"])
-    tags = scene_sets(bank, library, targs)["train"]
+    library, bank = prepare(args.data_dir, args.library, args.seed, args.sprites_per_shape, progress=not args.quiet)
+    common = ["--data-dir", str(args.data_dir), "--seed", str(args.seed), "--sprites-per-shape", str(args.sprites_per_shape), "--quiet"]
+    tags = scene_sets(bank, library, tag_parser().parse_args(common + ["--scenes", str(args.scenes)]))[0]["train"]
     ids, labels, _ = class_labels(library, bank)
-    hargs = hier_parser().parse_args(["--data-dir", str(args.data_dir), "--seed", str(args.seed), "--quiet"])
+    hargs = hier_parser().parse_args(common + ["--repeats", str(args.repeats), "--multi-scenes", str(args.multi_scenes)])
     fine = datasets(bank, ids, hargs)["train"]
 
     torch.manual_seed(args.seed)
@@ -87,7 +94,7 @@ def main(argv=None) -> int:
     half = args.batch // 2
     t0 = time.time()
     losses = []
-    bar = tqdm(range(args.steps), desc="label backbone")
+    bar = tqdm(range(args.steps), desc="label backbone", disable=args.quiet)
     net.train()
     for step in bar:
         it = rng.integers(0, len(tags["images"]), half)
@@ -109,10 +116,16 @@ def main(argv=None) -> int:
 
     model = registry.create("tagger-cpu", labels=VOCAB, head="sigmoid", widths=widths)
     model.backbone.load_state_dict(net.backbone.state_dict())
-    meta = {"seed": args.seed, "init_from_sha": checkpoint.file_hash(args.init_from), "steps": args.steps, "batch": args.batch, "lr": args.lr, "minutes": (time.time() - t0) / 60,
-            "final_loss": float(np.mean(losses[-100:])), "command": "python -m models.train_label_backbone " + " ".join(sys.argv[1:] if argv is None else argv)}
+    meta = {"seed": args.seed, "init_from_sha": checkpoint.file_hash(args.init_from), "steps": args.steps, "batch": args.batch,
+            "lr": args.lr, "minutes": (time.time() - t0) / 60, "first_loss": float(np.mean(losses[:20])),
+            "final_loss": float(np.mean(losses[-100:])),
+            "command": f"python -m models.train_label_backbone --library {args.library} --steps {args.steps} --seed {args.seed}"}
     checkpoint.save(model, "tagger-cpu", args.out, meta=meta)
-    print(json.dumps(meta))
+    return meta
+
+
+def main(argv=None) -> int:
+    print(json.dumps(run(build_parser().parse_args(argv))))
     return 0
 
 

@@ -55,3 +55,23 @@ def test_vec2bundle_study_runs(tiny):
         assert 0 <= r["auc_max_rew"] <= 1 and r["max_rew"][-1][0] == pytest.approx(1.0), name
     assert set(out["multi"]) >= {"Vec2Bundle, MaxK-REW K=1", "Vec2Bundle, MaxK-REW K=5"}
     assert out["models"]["rbf"].class_points().shape == (k, 256)
+
+
+def test_label_backbone_command_trains_a_backbone_the_taggers_load(tiny):
+    import torch
+
+    from models import train_label_backbone
+    from models.label_data import FrozenBackbone
+
+    out = tiny / "backbone.pt"
+    meta = train_label_backbone.run(train_label_backbone.build_parser().parse_args([
+        "--data-dir", str(tiny), "--scenes", "400", "--sprites-per-shape", "10", "--repeats", "1", "--multi-scenes", "200",
+        "--steps", "40", "--batch", "16", "--out", str(out), "--quiet"]))
+    assert meta["final_loss"] < meta["first_loss"]
+    frozen = FrozenBackbone(out)
+    start = FrozenBackbone(MATCHING)
+    images = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    f = frozen(images)
+    assert f.shape == start(images).shape
+    # Trained: the stream is no longer the matching network's.
+    assert not all(torch.equal(a, b) for a, b in zip(frozen.stream.state_dict().values(), start.stream.state_dict().values()))
