@@ -52,6 +52,23 @@ def prepare(data_dir: Path, mesh_folder: Path | None, seed: int = 0, per_shape: 
     return library, bank
 
 
+#: Outlier shapes' ids in a merged sprite bank are offset by this (their library numbers its own from 1).
+OUTLIER_ID_OFFSET = 1_000_000
+
+
+def prepare_outliers(data_dir: Path, n: int, seed: int = 0, per_shape: int = 20, size: int = 96,
+                     progress: bool = True) -> SpriteBank:
+    """Sprites of n generic outlier shapes (`shape_library.outliers`), for outlier exposure."""
+    from shape_library.outliers import outlier_library
+
+    library = outlier_library(data_dir / "outliers", n, seed, progress=progress)
+    ids = sorted(s.id for s in library.shapes())[:n]
+    bank = build_sprite_bank(library, ids, per_shape, seed, size,
+                             cache=data_dir / f"outlier-sprites-{seed}-{per_shape}-{size}-{n}.npz", progress=progress)
+    bank.shape_ids = bank.shape_ids + OUTLIER_ID_OFFSET
+    return bank
+
+
 def label_matrix(bank: SpriteBank, rows: list[list[int]], labels: Sequence[str], by: str = "category") -> np.ndarray:
     """Multi-hot (n, K): a scene holds label k when one of its visible sprites has it."""
     index = {lab: i for i, lab in enumerate(labels)}
@@ -79,11 +96,12 @@ def single_scenes(composer: SceneComposer, rows: np.ndarray, repeats: int, start
     return images, which
 
 
-def cached(path: Path, build):
-    """np.savez cache of a dict of arrays."""
+def cached(path: Path, build, required: Sequence[str] = ()):
+    """np.savez cache of a dict of arrays (built again when it lacks a `required` array)."""
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            if all(k in z.files for k in required):
+                return {k: z[k] for k in z.files}
     out = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
@@ -108,6 +126,7 @@ class FrozenBackbone:
         model, _ = checkpoint.load(self.weights)
         self.stream = (model.photo_stream if hasattr(model, "photo_stream") else model.backbone).eval()
         self.key = checkpoint.file_hash(self.weights)
+        self.widths = tuple(getattr(model.config, "widths", (32, 64, 96, 96, 64)))
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, batch: int = 256, desc: str | None = None) -> np.ndarray:

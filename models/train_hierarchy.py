@@ -177,7 +177,7 @@ def run(args) -> dict:
     for head, split, y in (("rbf", "train", one_hot(data["train"]["targets"], K)),
                            ("linear", "train", one_hot(data["train"]["targets"], K)),
                            ("rbf-multi", "multi_train", data["multi_train"]["labels"])):
-        m = registry.create("tagger-cpu", labels=tuple(labels), head=head)
+        m = registry.create("tagger-cpu", labels=tuple(labels), head=head, widths=backbone.widths)
         m.backbone.load_state_dict(backbone.stream.state_dict())
         info[head] = train_on_features(m, feats[split], y, args.steps, args.batch, args.lr, args.seed,
                                        desc=f"train {head}", progress=not args.quiet)

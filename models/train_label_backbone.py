@@ -25,8 +25,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from . import checkpoint
-from .label_data import VOCAB, prepare
-from .matching import _stream
+from .label_data import VOCAB, prepare, prepare_outliers
+from .matching import MatchingNet, _stream
 
 
 class TwoTaskNet(nn.Module):
@@ -65,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--init-from", type=Path, default=checkpoint.WEIGHTS_DIR / "matching.pt",
-                   help="matching network whose photo stream starts the backbone")
+                   help="matching network whose photo stream starts the backbone ('none': from scratch, see --widths)")
+    p.add_argument("--widths", default="", help="channel widths of a backbone trained from scratch, e.g. 48,96,128,128,96")
+    p.add_argument("--outliers", type=int, default=0, help="as models.train_tags: generic outlier shapes in the tag scenes")
+    p.add_argument("--outlier-share", type=float, default=0.15)
     return p
 
 
@@ -78,17 +81,27 @@ def run(args) -> dict:
 
     library, bank = prepare(args.data_dir, args.library, args.seed, args.sprites_per_shape, progress=not args.quiet)
     common = ["--data-dir", str(args.data_dir), "--seed", str(args.seed), "--sprites-per-shape", str(args.sprites_per_shape), "--quiet"]
-    tags = scene_sets(bank, library, tag_parser().parse_args(common + ["--scenes", str(args.scenes)]))[0]["train"]
+    targs = tag_parser().parse_args(common + ["--scenes", str(args.scenes), "--outliers", str(args.outliers),
+                                              "--outlier-share", str(args.outlier_share)])
+    outliers = prepare_outliers(args.data_dir, args.outliers, args.seed, progress=not args.quiet) if args.outliers else None
+    tags = scene_sets(bank, library, targs, "category", outliers)[0]["train"]
     ids, labels, _ = class_labels(library, bank)
     hargs = hier_parser().parse_args(common + ["--repeats", str(args.repeats), "--multi-scenes", str(args.multi_scenes)])
     fine = datasets(bank, ids, hargs)["train"]
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    matching, _ = checkpoint.load(args.init_from)
-    widths = tuple(matching.config.widths) if hasattr(matching.config, "widths") else (32, 64, 96, 96, 64)
-    net = TwoTaskNet(widths, len(VOCAB), len(labels))
-    net.backbone.load_state_dict(matching.photo_stream.state_dict())
+    scratch = str(args.init_from).lower() == "none"
+    if scratch:
+        widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else (32, 64, 96, 96, 64)
+    else:
+        matching, _ = checkpoint.load(args.init_from)
+        widths = tuple(matching.config.widths) if hasattr(matching.config, "widths") else (32, 64, 96, 96, 64)
+        if args.widths and tuple(int(w) for w in args.widths.split(",")) != widths:
+            raise SystemExit(f"--widths {args.widths} differ from {args.init_from}'s {widths}: pass --init-from none")
+    net = TwoTaskNet(widths, len(VOCAB), len(labels), feat=widths[-1] * MatchingNet.feature_size(64) ** 2)
+    if not scratch:
+        net.backbone.load_state_dict(matching.photo_stream.state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     half = args.batch // 2
@@ -116,10 +129,13 @@ def run(args) -> dict:
 
     model = registry.create("tagger-cpu", labels=VOCAB, head="sigmoid", widths=widths)
     model.backbone.load_state_dict(net.backbone.state_dict())
-    meta = {"seed": args.seed, "init_from_sha": checkpoint.file_hash(args.init_from), "steps": args.steps, "batch": args.batch,
+    meta = {"seed": args.seed, "init_from_sha": None if scratch else checkpoint.file_hash(args.init_from), "widths": list(widths),
+            "outliers": args.outliers, "outlier_share": args.outlier_share if args.outliers else 0.0, "steps": args.steps, "batch": args.batch,
             "lr": args.lr, "minutes": (time.time() - t0) / 60, "first_loss": float(np.mean(losses[:20])),
             "final_loss": float(np.mean(losses[-100:])),
-            "command": f"python -m models.train_label_backbone --library {args.library} --steps {args.steps} --seed {args.seed}"}
+            "command": (f"python -m models.train_label_backbone --library {args.library} --steps {args.steps} --batch {args.batch} --seed {args.seed}"
+                        + (f" --outliers {args.outliers} --outlier-share {args.outlier_share:g}" if args.outliers else "")
+                        + (f" --init-from none --widths {','.join(map(str, widths))}" if scratch else ""))}
     checkpoint.save(model, "tagger-cpu", args.out, meta=meta)
     return meta
 

@@ -12,7 +12,9 @@ category) and unseen sprites. A second, fine-grained setting makes every shape o
 categories a label of its own (test scenes: the same shapes through unseen sprites).  All heads share the frozen label backbone (the matching network's
 photo stream fine-tuned by `python -m models.train_label_backbone` with a baseline loss), the
 scenes, the steps and the seed; only the neck and the head are trained. The quasibinary tagger ships as
-models/weights/tagger.pt with the "none" threshold fitted on validation scenes.
+models/weights/tagger.pt with the "none" threshold fitted on validation scenes.  `--outliers N` adds N
+generic outlier shapes (shape_library.outliers) unlabelled to the training and validation scenes
+(outlier exposure; the shipped recipe does not use it: see README).
 """
 from __future__ import annotations
 
@@ -28,24 +30,34 @@ import torch
 from . import checkpoint, registry
 from . import tagger  # noqa: F401  (registers the model)
 from .calibration import auroc, ece, reliability_bins, reliability_diagram, top_k_f1, top_k_pairs
-from .label_data import (NONE_IN, VOCAB, slot_split, FrozenBackbone, cached, composer,
+from .label_data import (ALL_CATEGORIES, NONE_IN, VOCAB, slot_split, FrozenBackbone, cached, composer, prepare_outliers,
                          features_cached, label_matrix, logits_of, prepare, shape_splits, train_on_features)
 from shape_library.tag_scenes import scene_set
 
 from .reports import replace_block
 
 REPO = Path(__file__).resolve().parent.parent
+#: The categories never seen in training (out of distribution), reported one by one.
+OOD_CATEGORIES = tuple(c for c in ALL_CATEGORIES if c not in VOCAB + NONE_IN)
 KINDS = ("quasibinary", "sigmoid", "softmax", "softmax-t")
-NAMES = {"quasibinary": "quasibinary (ours)", "sigmoid": "independent sigmoids", "softmax": "softmax",
+NO_OE = "quasibinary-no-oe"
+NAMES = {NO_OE: "quasibinary without outlier exposure (ablation)", "quasibinary": "quasibinary (ours)", "sigmoid": "independent sigmoids", "softmax": "softmax",
          "softmax-t": "softmax + temperature"}
 
 
-def scene_sets(bank, library, args, setting: str = "category") -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
+def scene_sets(bank, library, args, setting: str = "category", outliers=None
+               ) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
     """Train / val / test scene sets (images and multi-hot labels, cached) and the label names.
 
     setting "category": labels are the vocabulary's categories, test scenes show held-out shapes;
     setting "shape": every shape of those categories is a label of its own (fine-grained), test
-    scenes show the same shapes through unseen sprites."""
+    scenes show the same shapes through unseen sprites.  `outliers` (a sprite bank of generic
+    shapes) adds unlabelled outlier objects to training and validation scenes at
+    `args.outlier_share` of the objects (outlier exposure); test scenes are the same either way."""
+    n_main = len(bank.shape_ids)
+    share = float(getattr(args, "outlier_share", 0.0)) if outliers is not None else 0.0
+    if outliers is not None:
+        bank = bank.concat(outliers)
     train_ids, held_ids = shape_splits(library, args.seed)
     cat = bank.categories
     vocab, none_in = np.isin(cat, VOCAB), np.isin(cat, NONE_IN)
@@ -66,6 +78,7 @@ def scene_sets(bank, library, args, setting: str = "category") -> tuple[dict[str
         unseen = ~train_shape | vocab
     else:
         raise ValueError(f"unknown setting {setting!r}")
+    ood[n_main:] = False
     pools = {
         "train": {"vocab": rows(vocab & seen & slot_train), "none": rows(none_in & train_shape & slot_train)},
         "val": {"vocab": rows(vocab & seen & slot_val), "none": rows(none_in & train_shape & slot_val)},
@@ -73,6 +86,14 @@ def scene_sets(bank, library, args, setting: str = "category") -> tuple[dict[str
                  "ood": rows(ood & slot_test)},
     }
     mix = {"vocab": 0.85, "none": 0.15}
+    oe = ""
+    if share > 0:
+        o_train, o_val, _ = slot_split(int(outliers.slot.max()) + 1)
+        is_out = np.arange(len(bank.shape_ids)) >= n_main
+        pools["train"]["outlier"] = rows(is_out & np.isin(bank.slot, list(o_train)))
+        pools["val"]["outlier"] = rows(is_out & np.isin(bank.slot, list(o_val)))
+        mix = {"vocab": 0.85 - share, "none": 0.15, "outlier": share}
+        oe = f"-oe{len(np.unique(outliers.shape_ids))}x{share:g}"
     n = args.scenes
     specs = {   # name: (pools, mix, counts, n, composer seed)
         "train": (pools["train"], mix, None, n, args.seed),
@@ -88,8 +109,11 @@ def scene_sets(bank, library, args, setting: str = "category") -> tuple[dict[str
             comp = composer(bank, seed, args.size, **({"counts": counts} if counts else {}))
             images, kept = scene_set(comp, count_n, pool, m, desc=f"scenes {name}{suffix}", progress=not args.quiet)
             n_obj = np.array([len(k) for k in kept])
-            return {"images": images, "labels": label_matrix(bank, kept, labels, by=by), "objects": n_obj}
-        out[name] = cached(args.data_dir / f"tagscenes-{name}-{args.seed}-{count_n}-{args.size}-{len(bank.shape_ids)}{suffix}.npz", build)
+            return {"images": images, "labels": label_matrix(bank, kept, labels, by=by), "objects": n_obj,
+                    "categories": label_matrix(bank, kept, OOD_CATEGORIES)}
+        key = oe if name in ("train", "val") else ""
+        out[name] = cached(args.data_dir / f"tagscenes-{name}-{args.seed}-{count_n}-{args.size}-{n_main}{suffix}{key}.npz", build,
+                           required=("categories",) if name == "ood" else ())
     if setting == "shape":
         labels = [f"{shapes[int(i)].category}/{shapes[int(i)].name}" for i in labels]
     return out, labels
@@ -104,7 +128,9 @@ def none_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(cands[int(np.argmax(accs))])
 
 
-def evaluate(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict:
+def evaluate(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], ood_categories: np.ndarray | None = None) -> dict:
+    """Every metric of the comparison; `ood_categories` (multi-hot over OOD_CATEGORIES per OOD scene)
+    adds the mean max confidence of the OOD scenes holding each category."""
     single = probs["single"]
     y_single = labels["single"]
     ok_single = y_single.sum(1) == 1
@@ -118,6 +144,9 @@ def evaluate(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dic
         "single_top1_error": top1_err, "zero_label_in_accuracy": zero_acc, "ood_mmc": mmc, "ood_auroc": au,
         "multi_f1_top4": top_k_f1(probs["multi"], labels["multi"], 4), "multi_ece_top4": ece(conf, hit, 10),
         "reliability_top4": reliability_bins(conf, hit, 10),
+        "ood_mmc_by_category": ({c: float(probs["ood"].max(1)[ood_categories[:, k] > 0].mean())
+                                 for k, c in enumerate(OOD_CATEGORIES) if (ood_categories[:, k] > 0).any()}
+                                if ood_categories is not None else {}),
     }
 
 
@@ -131,11 +160,15 @@ def _table(results: dict) -> list[str]:
     return rows
 
 
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
 def write_reports(results: dict, fine: dict, meta: dict, out_md: Path) -> str:
     q = results.get("quasibinary", {}).get("metrics")
     verdict = ""
     if q:
-        best_other = min(r["metrics"]["multi_ece_top4"] for k, r in results.items() if k != "quasibinary")
+        best_other = min(r["metrics"]["multi_ece_top4"] for k, r in results.items() if k in ("sigmoid", "softmax", "softmax-t"))
         verdict = (f"\nTarget (quasibinary ECE below all three baselines, OOD MMC < 0.10): ECE {q['multi_ece_top4']:.3f} vs best "
                    f"baseline {best_other:.3f} → {'met' if q['multi_ece_top4'] < best_other else 'not met'}; MMC "
                    f"{q['ood_mmc']:.3f} → {'met' if q['ood_mmc'] < 0.10 else 'not met'}. "
@@ -146,6 +179,11 @@ def write_reports(results: dict, fine: dict, meta: dict, out_md: Path) -> str:
              f"OOD: bottles, cans, cups, teapots, misc. shapes (never seen); MMC = mean max confidence on OOD scenes; "
              f"AUROC = in-vocabulary vs OOD scenes by max confidence; F1 and ECE over the top-4 (label, confidence) pairs "
              f"of multi-label scenes (a label counts as predicted at confidence ≥ 0.5).\n\n" + "\n".join(_table(results)) + "\n" + verdict)
+    cats = [c for c in OOD_CATEGORIES if any(c in r["metrics"].get("ood_mmc_by_category", {}) for r in results.values())]
+    if cats:
+        block += ("\nOOD MMC by category (OOD scenes holding it):\n\n| head | " + " | ".join(cats) + " |\n| --- |" + " --- |" * len(cats) + "\n"
+                  + "\n".join(f"| {NAMES[k]} | " + " | ".join(_fmt(r["metrics"]["ood_mmc_by_category"].get(c)) for c in cats) + " |"
+                               for k, r in results.items()) + "\n")
     if fine:
         block += (f"\nFine-grained setting: each of the {meta['fine_grained_labels']} shapes of those categories is a label "
                   f"(test scenes: the same shapes through unseen sprites; OOD and zero-label sets as above):\n\n"
@@ -191,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backbone", type=Path, default=Path("var/tags/label_backbone.pt"),
                    help="frozen photo stream (made by `python -m models.train_label_backbone`)")
+    p.add_argument("--outliers", type=int, default=0,
+                   help="generic outlier shapes (shape_library.outliers) added unlabelled to training scenes")
+    p.add_argument("--outlier-share", type=float, default=0.15, help="share of training objects that are outliers")
     p.add_argument("--heads", default=",".join(KINDS))
     p.add_argument("--settings", default="category,shape", help="label settings: category, shape (fine-grained)")
     p.add_argument("--threads", type=int, default=0)
@@ -199,27 +240,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def compare(setting: str, bank, library, backbone, args) -> tuple[dict, dict, list[float], list[str]]:
-    """Train and evaluate every head of `args.heads` in one label setting."""
-    sets, names = scene_sets(bank, library, args, setting)
+def _train_head(kind: str, names, backbone, feats: dict, labels: dict, ood_categories, args, tag: str):
+    t0 = time.time()
+    model = registry.create("tagger-cpu", labels=tuple(names), head=kind, widths=backbone.widths)
+    model.backbone.load_state_dict(backbone.stream.state_dict())
+    info = train_on_features(model, feats["train"], labels["train"], args.steps, args.batch, args.lr, args.seed,
+                             desc=f"train {tag} ({kind})", progress=not args.quiet)
+    if kind == "softmax-t":
+        info["temperature"] = model.head.fit_temperature(logits_of(model, feats["val"]), torch.from_numpy(labels["val"]))
+    minutes = (time.time() - t0) / 60
+    probs = {k: model.probabilities_from_logits(logits_of(model, f)).numpy() for k, f in feats.items() if k != "train"}
+    info["none_threshold"] = none_threshold(probs["val"], labels["val"])
+    result = {"metrics": evaluate(probs, labels, ood_categories), **info}
+    m = result["metrics"]
+    print(tag, kind, json.dumps({**{k: round(v, 4) for k, v in m.items() if isinstance(v, float)},
+                                 "ood_mmc_by_category": {c: round(v, 3) for c, v in m["ood_mmc_by_category"].items()}}))
+    return model, result, minutes
+
+
+def compare(setting: str, bank, library, backbone, args, outliers=None) -> tuple[dict, dict, list[float], list[str]]:
+    """Train and evaluate every head of `args.heads` in one label setting.  With outliers, the
+    category setting also trains the quasibinary head without them (the ablation row)."""
+    sets, names = scene_sets(bank, library, args, setting, outliers)
     tag = "tags" if setting == "category" else f"tags-{setting}"
     feats = {k: features_cached(backbone, v["images"], args.data_dir, f"{tag}-{k}") for k, v in sets.items()}
     labels = {k: v["labels"] for k, v in sets.items()}
+    ood_categories = sets["ood"]["categories"]
     results, minutes, models = {}, [], {}
     for kind in args.heads.split(","):
-        t0 = time.time()
-        model = registry.create("tagger-cpu", labels=tuple(names), head=kind)
-        model.backbone.load_state_dict(backbone.stream.state_dict())
-        info = train_on_features(model, feats["train"], labels["train"], args.steps, args.batch, args.lr, args.seed,
-                                 desc=f"train {tag} ({kind})", progress=not args.quiet)
-        if kind == "softmax-t":
-            info["temperature"] = model.head.fit_temperature(logits_of(model, feats["val"]), torch.from_numpy(labels["val"]))
-        minutes.append((time.time() - t0) / 60)
-        probs = {k: model.probabilities_from_logits(logits_of(model, f)).numpy() for k, f in feats.items() if k != "train"}
-        info["none_threshold"] = none_threshold(probs["val"], labels["val"])
-        results[kind] = {"metrics": evaluate(probs, labels), **info}
-        models[kind] = model
-        print(setting, kind, json.dumps({k: round(v, 4) for k, v in results[kind]["metrics"].items() if isinstance(v, float)}))
+        models[kind], results[kind], t = _train_head(kind, names, backbone, feats, labels, ood_categories, args, tag)
+        minutes.append(t)
+    if outliers is not None and setting == "category" and "quasibinary" in models:
+        plain, _ = scene_sets(bank, library, args, setting)
+        pf = {**feats, **{k: features_cached(backbone, plain[k]["images"], args.data_dir, f"{tag}-{k}") for k in ("train", "val")}}
+        pl = {**labels, "train": plain["train"]["labels"], "val": plain["val"]["labels"]}
+        _, results[NO_OE], _ = _train_head("quasibinary", names, backbone, pf, pl, ood_categories, args, f"{tag} (no outliers)")
     return results, models, minutes, names
 
 
@@ -231,10 +286,12 @@ def run(args) -> dict:
         raise SystemExit(f"no backbone at {args.backbone}: run `python -m models.train_label_backbone` first "
                          "(or pass --backbone models/weights/matching.pt)")
     backbone = FrozenBackbone(args.backbone)
-    results, models, minutes, _ = compare("category", bank, library, backbone, args)
+    outliers = (prepare_outliers(args.data_dir, args.outliers, args.seed, progress=not args.quiet)
+                if args.outliers else None)
+    results, models, minutes, _ = compare("category", bank, library, backbone, args, outliers)
     fine, fine_names = {}, []
     if "shape" in args.settings.split(","):
-        fine, _, _, fine_names = compare("shape", bank, library, backbone, args)
+        fine, _, _, fine_names = compare("shape", bank, library, backbone, args, outliers)
     meta = {"model": "tagger-cpu", "labels": list(VOCAB), "seed": args.seed, "steps": args.steps, "batch": args.batch,
             "lr": args.lr, "train_scenes": args.scenes, "test_scenes": args.test_scenes, "size": args.size,
             "sprites_per_shape": args.sprites_per_shape, "library": str(args.library), "fine_grained_labels": len(fine_names),

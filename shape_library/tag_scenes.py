@@ -52,6 +52,17 @@ class SpriteBank:
                  categories=self.categories.astype(str), slot=self.slot)
         tmp.replace(path)
 
+    def concat(self, other: "SpriteBank") -> "SpriteBank":
+        """This bank's rows first (their indices unchanged), then `other`'s; sprites must be the same size."""
+        if other.rgba.shape[1:] != self.rgba.shape[1:]:
+            raise ValueError(f"sprite sizes differ: {self.rgba.shape[1:]} vs {other.rgba.shape[1:]}")
+        if np.isin(other.shape_ids, self.shape_ids).any():
+            raise ValueError("the banks share shape ids")
+        return SpriteBank(np.concatenate([self.rgba, other.rgba]), np.concatenate([self.boxes, other.boxes]),
+                          np.concatenate([self.shape_ids, other.shape_ids]),
+                          np.concatenate([self.categories.astype(str), other.categories.astype(str)]),
+                          np.concatenate([self.slot, other.slot]))
+
     @classmethod
     def load(cls, path: Path) -> "SpriteBank":
         with np.load(path) as z:

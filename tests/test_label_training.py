@@ -75,3 +75,42 @@ def test_label_backbone_command_trains_a_backbone_the_taggers_load(tiny):
     assert f.shape == start(images).shape
     # Trained: the stream is no longer the matching network's.
     assert not all(torch.equal(a, b) for a, b in zip(frozen.stream.state_dict().values(), start.stream.state_dict().values()))
+
+
+def test_outlier_exposure_changes_training_scenes_only(tiny):
+    from models import train_tags
+    from models.label_data import OUTLIER_ID_OFFSET, prepare, prepare_outliers
+
+    args = train_tags.build_parser().parse_args([
+        "--data-dir", str(tiny), "--scenes", "400", "--test-scenes", "60", "--sprites-per-shape", "10",
+        "--outliers", "6", "--outlier-share", "0.5", "--quiet"])
+    library, bank = prepare(tiny, None, 0, 10, progress=False)
+    outliers = prepare_outliers(tiny, 6, 0, per_shape=5, progress=False)
+    assert outliers.shape_ids.min() >= OUTLIER_ID_OFFSET
+    plain, _ = train_tags.scene_sets(bank, library, args, "category")
+    oe, _ = train_tags.scene_sets(bank, library, args, "category", outliers)
+    for name in ("single", "multi", "zero_in", "ood"):
+        assert np.array_equal(plain[name]["images"], oe[name]["images"]), name
+    assert not np.array_equal(plain["train"]["images"], oe["train"]["images"])
+    # Outliers are unlabelled: the share of training scenes without a label grows.
+    assert (oe["train"]["labels"].sum(1) == 0).mean() > (plain["train"]["labels"].sum(1) == 0).mean()
+    has = oe["ood"]["objects"] > 0     # (the default library alone has no OOD category: empty scenes)
+    assert oe["ood"]["categories"].shape == (len(has), len(train_tags.OOD_CATEGORIES))
+    assert (oe["ood"]["categories"][has].sum(1) >= 1).all()
+
+
+def test_tag_report_lists_ood_categories_and_judges_against_the_baselines_only(tmp_path):
+    from models import train_tags
+
+    def res(ece, mmc, cats):
+        return {"metrics": {"single_top1_error": 0.3, "zero_label_in_accuracy": 0.8, "ood_mmc": mmc, "ood_auroc": 0.6,
+                            "multi_f1_top4": 0.5, "multi_ece_top4": ece, "ood_mmc_by_category": cats}}
+    results = {"quasibinary": res(0.05, 0.08, {"bottle": 0.1, "teapot": 0.06}), "sigmoid": res(0.07, 0.5, {"bottle": 0.5}),
+               "softmax": res(0.09, 0.6, {}), "softmax-t": res(0.08, 0.4, {}),
+               train_tags.NO_OE: res(0.01, 0.9, {"bottle": 0.9, "teapot": 0.95})}   # better ECE, but an ablation
+    meta = {"test_scenes": 10, "seed": 0, "steps": 1, "hardware": "cpu", "none_threshold": 0.2}
+    block = train_tags.write_reports(results, {}, meta, tmp_path / "eval.md")
+    assert "ECE 0.050 vs best baseline 0.070 → met; MMC 0.080 → met" in block
+    assert "| head | bottle | teapot |" in block
+    assert "| quasibinary without outlier exposure (ablation) | 0.900 | 0.950 |" in block
+    assert "| independent sigmoids | 0.500 | – |" in block
