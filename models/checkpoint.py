@@ -34,6 +34,25 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+def git_commit_of(path: Path) -> str | None:
+    """The commit that last wrote `path` when it is a clean, tracked file of the repository (so a model
+    card can say how to get that exact file back once it has been retrained), else None."""
+    import subprocess
+
+    p, repo = Path(path).resolve(), WEIGHTS_DIR.parent.parent
+    if repo not in p.parents:
+        return None
+    try:
+        rel = str(p.relative_to(repo))
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", rel], cwd=repo, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "log", "-1", "--format=%h", "--", rel], cwd=repo, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if dirty.returncode or out.returncode or dirty.stdout.strip():
+        return None
+    return out.stdout.strip() or None
+
+
 def repo_path(path: Path) -> str:
     """`path` relative to the repository when it lies inside it, for model cards that do not name one machine's folders."""
     p, repo = Path(path).resolve(), WEIGHTS_DIR.parent.parent

@@ -123,10 +123,14 @@ class FrozenBackbone:
     weights: Path = checkpoint.WEIGHTS_DIR / "matching.pt"
 
     def __post_init__(self):
-        model, _ = checkpoint.load(self.weights)
+        model, self.meta = checkpoint.load(self.weights)
         self.stream = (model.photo_stream if hasattr(model, "photo_stream") else model.backbone).eval()
         self.key = checkpoint.file_hash(self.weights)
         self.widths = tuple(getattr(model.config, "widths", (32, 64, 96, 96, 64)))
+
+    def provenance(self) -> dict:
+        """What a model card says of this backbone: its hash and the matching.pt it started from."""
+        return {"sha256": self.key, **{k: self.meta.get(k) for k in ("init_from_sha", "init_from_commit", "steps", "outliers")}}
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, batch: int = 256, desc: str | None = None) -> np.ndarray:
@@ -136,6 +140,23 @@ class FrozenBackbone:
         for i in tqdm(range(0, len(images), batch), desc=desc or "features", disable=desc is None):
             out.append(self.stream(photos_to_tensor(images[i:i + batch])).numpy().astype(np.float16))
         return np.concatenate(out) if out else np.zeros((0,), np.float16)
+
+
+def backbone_card_line(b: dict) -> str:
+    """How a model card names the frozen backbone (`FrozenBackbone.provenance()`)."""
+    start = (f"the photo stream of matching.pt sha256 {b['init_from_sha']}…" if b.get("init_from_sha")
+             else "the matching photo stream (which matching.pt: not recorded in the backbone's checkpoint)")
+    sha = f"sha256 {b['sha256']}…, " if b.get("sha256") else ""
+    return f"the label backbone ({sha}{start} fine-tuned by `models.train_label_backbone`, then frozen)"
+
+
+def backbone_rerun_note(b: dict) -> str:
+    """How to get the backbone's starting matching.pt back once it has been retrained (empty when unknown)."""
+    if not b.get("init_from_commit"):
+        return ""
+    return (f"\nThe backbone starts from the `matching.pt` committed in {b['init_from_commit']}: to rerun exactly once it has been "
+            f"retrained, `git show {b['init_from_commit']}:models/weights/matching.pt > var/matching-start.pt` and pass "
+            "`--init-from var/matching-start.pt` to `models.train_label_backbone`.\n")
 
 
 def features_cached(backbone: FrozenBackbone, images: np.ndarray, cache_dir: Path, name: str) -> np.ndarray:

@@ -33,7 +33,7 @@ import torch
 from . import checkpoint, registry
 from . import tagger  # noqa: F401  (registers the model)
 from . import vec2bundle as vb
-from .label_data import (FrozenBackbone, slot_split, cached, composer, features_cached,
+from .label_data import (FrozenBackbone, backbone_card_line, backbone_rerun_note, slot_split, cached, composer, features_cached,
                          label_matrix, logits_of, prepare, single_scenes, train_on_features)
 from shape_library.tag_scenes import scene_set
 
@@ -177,6 +177,7 @@ def run(args) -> dict:
     for head, split, y in (("rbf", "train", one_hot(data["train"]["targets"], K)),
                            ("linear", "train", one_hot(data["train"]["targets"], K)),
                            ("rbf-multi", "multi_train", data["multi_train"]["labels"])):
+        torch.manual_seed(args.seed)    # the head's initial weights, whatever ran before in this process
         m = registry.create("tagger-cpu", labels=tuple(labels), head=head, widths=backbone.widths)
         m.backbone.load_state_dict(backbone.stream.state_dict())
         info[head] = train_on_features(m, feats[split], y, args.steps, args.batch, args.lr, args.seed,
@@ -222,7 +223,7 @@ def run(args) -> dict:
             "lr": args.lr, "train_scenes": int(len(data["train"]["images"])), "test_scenes": int(len(t_test)),
             "multi_test_scenes": int(len(y_multi)), "top1_accuracy": top1, "library": str(args.library),
             "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-            "minutes": minutes, "train": info,
+            "minutes": minutes, "train": info, "backbone": backbone.provenance(),
             "command": f"python -m models.train_hierarchy --library {args.library} --steps {args.steps} --seed {args.seed}"}
     result = {"meta": meta, "single": single, "top_k": topk, "multi": multi}
     print(json.dumps({"top1": top1, **{n: round(r["auc_max_rew"], 4) for n, r in single.items()}}, indent=1))
@@ -242,14 +243,15 @@ def ship(model, tree: vb.Tree, labels: list[str], cats: list[str], ids, library,
     out.with_suffix(".md").write_text(
         f"# hierarchy.pt — Vec2Bundle model (model card)\n\n"
         f"- Classes: {len(labels)} shapes (`category/name`) of the generated default library and the real meshes.\n"
-        f"- Network: the label backbone (fine-tuned by `models.train_label_backbone`, then frozen) + 256-unit neck + RBF prototype layer "
+        f"- Network: {backbone_card_line(meta.get('backbone', {}))} + 256-unit neck + RBF prototype layer "
         f"(N(0, 0.005²) init, no weight decay); hierarchy = Ward linkage of the prototypes (stored in the weights' metadata).\n"
         f"- Data: {meta['train_scenes']} single-object scenes, seed {meta['seed']}; {meta['steps']} steps, batch {meta['batch']}, "
         f"lr {meta['lr']}; whole study {meta['minutes']:.1f} min on {meta['hardware']}.\n"
         f"- Commands: `python -m models.train_label_backbone --library {meta['library']}`, then `{meta['command']}`\n"
         f"- Held-out top-1 accuracy over the {len(labels)} shapes: {meta['top1_accuracy']['rbf']:.3f} "
         f"(linear head: {meta['top1_accuracy']['linear']:.3f}). Curves and tables: docs/eval_hierarchy.md.\n"
-        "- Limits: the backbone is frozen and shared with the baselines; top-1 accuracy over 149 look-alike shapes is low, so the hierarchy mostly hedges; compare every tree with the flat Top-K row of docs/eval_hierarchy.md (at the time of writing Top-K had the higher AUC).\n")
+        "- Limits: the backbone is frozen and shared with the baselines; top-1 accuracy over 149 look-alike shapes is low, so the hierarchy mostly hedges; compare every tree with the flat Top-K row of docs/eval_hierarchy.md (at the time of writing Top-K had the higher AUC).\n"
+        + backbone_rerun_note(meta.get("backbone", {})))
 
 
 def write_reports(result: dict, rbf_points: np.ndarray, labels: list[str]) -> None:

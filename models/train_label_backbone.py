@@ -129,7 +129,8 @@ def run(args) -> dict:
 
     model = registry.create("tagger-cpu", labels=VOCAB, head="sigmoid", widths=widths)
     model.backbone.load_state_dict(net.backbone.state_dict())
-    meta = {"seed": args.seed, "init_from_sha": None if scratch else checkpoint.file_hash(args.init_from), "widths": list(widths),
+    meta = {"seed": args.seed, "init_from_sha": None if scratch else checkpoint.file_hash(args.init_from),
+            "init_from_commit": None if scratch else checkpoint.git_commit_of(args.init_from), "widths": list(widths),
             "outliers": args.outliers, "outlier_share": args.outlier_share if args.outliers else 0.0, "steps": args.steps, "batch": args.batch,
             "lr": args.lr, "minutes": (time.time() - t0) / 60, "first_loss": float(np.mean(losses[:20])),
             "final_loss": float(np.mean(losses[-100:])),

@@ -30,8 +30,9 @@ import torch
 from . import checkpoint, registry
 from . import tagger  # noqa: F401  (registers the model)
 from .calibration import auroc, ece, reliability_bins, reliability_diagram, top_k_f1, top_k_pairs
-from .label_data import (ALL_CATEGORIES, NONE_IN, VOCAB, slot_split, FrozenBackbone, cached, composer, prepare_outliers,
-                         features_cached, label_matrix, logits_of, prepare, shape_splits, train_on_features)
+from .label_data import (ALL_CATEGORIES, NONE_IN, VOCAB, FrozenBackbone, backbone_card_line, backbone_rerun_note, cached,
+                         composer, features_cached, label_matrix, logits_of, prepare, prepare_outliers, shape_splits,
+                         slot_split, train_on_features)
 from shape_library.tag_scenes import scene_set
 
 from .reports import replace_block
@@ -203,14 +204,14 @@ def model_card(path: Path, meta: dict, results: dict) -> None:
     path.with_suffix(".md").write_text(
         f"# tagger.pt — quasibinary tagger (model card)\n\n"
         f"- Labels: {', '.join(VOCAB)}; \"none\" when every confidence is below {meta['none_threshold']:.3f}.\n"
-        f"- Network: the label backbone (matching photo stream fine-tuned by `models.train_label_backbone`, then frozen) + 256-unit neck + quasibinary head (C_avg, α = 0.1).\n"
+        f"- Network: {backbone_card_line(meta.get('backbone', {}))} + 256-unit neck + quasibinary head (C_avg, α = 0.1).\n"
         f"- Data: {meta['train_scenes']} composed scenes (0-3 objects, animals and empty scenes as zero-label), seed {meta['seed']}.\n"
         f"- Training: {meta['steps']} steps, batch {meta['batch']}, lr {meta['lr']}, {meta['minutes_per_head']:.1f} min per head on {meta['hardware']}.\n"
         f"- Commands: `python -m models.train_label_backbone --library {meta['library']}`, then `{meta['command']}`\n"
         f"- Held-out metrics: single-label top-1 error {q['single_top1_error']:.3f}, zero-label IN accuracy "
         f"{q['zero_label_in_accuracy']:.3f}, OOD MMC {q['ood_mmc']:.3f}, AUROC {q['ood_auroc']:.3f}, F1 top-4 "
         f"{q['multi_f1_top4']:.3f}, ECE top-4 {q['multi_ece_top4']:.3f} (all heads: docs/eval_tags.md).\n"
-        "- Limits: the backbone is shared with the other heads of the comparison and frozen; its fine-tuning saw the fine-grained shape classes of every category, the out-of-vocabulary ones included (training sprites only, never the test scenes), so the OOD figures are optimistic if anything; scenes are synthetic 64 × 64 renderings, not photographs; OOD MMC ({:.2f}) is far above the 0.10 target.\n".format(q["ood_mmc"]))
+        "- Limits: the backbone is shared with the other heads of the comparison and frozen; its fine-tuning saw the fine-grained shape classes of every category, the out-of-vocabulary ones included (training sprites only, never the test scenes), so the OOD figures are optimistic if anything; scenes are synthetic 64 × 64 renderings, not photographs; OOD MMC ({:.2f}) is far above the 0.10 target.\n".format(q["ood_mmc"]) + backbone_rerun_note(meta.get("backbone", {})))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train_head(kind: str, names, backbone, feats: dict, labels: dict, ood_categories, args, tag: str):
     t0 = time.time()
+    torch.manual_seed(args.seed)    # the head's initial weights, whatever ran before in this process
     model = registry.create("tagger-cpu", labels=tuple(names), head=kind, widths=backbone.widths)
     model.backbone.load_state_dict(backbone.stream.state_dict())
     info = train_on_features(model, feats["train"], labels["train"], args.steps, args.batch, args.lr, args.seed,
@@ -298,6 +300,7 @@ def run(args) -> dict:
             "none_threshold": results.get("quasibinary", {}).get("none_threshold", 0.5),
             "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
             "minutes_per_head": float(np.mean(minutes)) if minutes else 0.0,
+            "backbone": backbone.provenance(),
             "command": f"python -m models.train_tags --library {args.library} --scenes {args.scenes} --steps {args.steps} --seed {args.seed}"}
     if not args.no_reports and "quasibinary" in models:
         checkpoint.save(models["quasibinary"], "tagger-cpu", args.out,

@@ -30,6 +30,7 @@ def test_tagging_comparison_runs_and_learns(tiny):
     out = train_tags.run(args)
     assert set(out["results"]) == set(out["fine_grained"]) == {"quasibinary", "sigmoid", "softmax", "softmax-t"}
     assert out["meta"]["fine_grained_labels"] == 27  # every default-library shape is a label of its own
+    assert out["meta"]["backbone"]["sha256"] == checkpoint.file_hash(MATCHING)   # the card names the backbone it froze
     for kind, r in out["results"].items():
         m = r["metrics"]
         assert r["final_loss"] < r["first_loss"], kind
@@ -114,3 +115,24 @@ def test_tag_report_lists_ood_categories_and_judges_against_the_baselines_only(t
     assert "| head | bottle | teapot |" in block
     assert "| quasibinary without outlier exposure (ablation) | 0.900 | 0.950 |" in block
     assert "| independent sigmoids | 0.500 | – |" in block
+
+
+def test_a_head_trains_the_same_whatever_ran_before_in_the_process():
+    import torch
+
+    from models import train_tags
+    from models.label_data import FrozenBackbone
+
+    backbone = FrozenBackbone(MATCHING)
+    rng = np.random.default_rng(0)
+    feats = {k: rng.normal(size=(40, 64, 4, 4)).astype(np.float16) for k in ("train", "val", "single", "multi", "zero_in", "ood")}
+    labels = {k: (rng.random((40, 3)) < 0.4).astype(np.float32) for k in feats}
+    labels["single"] = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 40)]
+    args = train_tags.build_parser().parse_args(["--steps", "5", "--batch", "8", "--quiet"])
+    cats = np.zeros((40, len(train_tags.OOD_CATEGORIES)), np.float32)
+    runs = []
+    for noise in (0, 1):
+        torch.rand(noise * 1000)          # a different global RNG state before each run
+        _, r, _ = train_tags._train_head("quasibinary", ["a", "b", "c"], backbone, feats, labels, cats, args, "t")
+        runs.append(r["metrics"]["multi_ece_top4"])
+    assert runs[0] == runs[1]
