@@ -8,8 +8,11 @@ on two tasks at once: the category tags of the composed scenes with independent 
 *baseline* loss, so the shared features do not favour the quasibinary head) and the fine-grained
 shape class of single-object scenes with a linear softmax (not the RBF head, same reason).  The
 heads are thrown away; `models.train_tags` and `models.train_hierarchy` freeze the result and train
-every head of their comparisons on it.  Only training scenes are used (held-out shapes and sprites
-never are).
+every head of their comparisons on it.  Only training scenes are used, and only the tag experiments'
+training shapes: the fine-grained task covers the vocabulary's training shapes and the animals, so
+neither the vocabulary shapes the category test holds out nor the out-of-vocabulary categories shape
+these features (the fine-grained tag setting and Vec2Bundle then put heads over classes the backbone
+never learnt as classes).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from . import checkpoint
-from .label_data import VOCAB, prepare, prepare_outliers
+from .label_data import NONE_IN, VOCAB, prepare, prepare_outliers, shape_splits
 from .matching import MatchingNet, _stream
 
 
@@ -88,6 +91,12 @@ def run(args) -> dict:
     ids, labels, _ = class_labels(library, bank)
     hargs = hier_parser().parse_args(common + ["--repeats", str(args.repeats), "--multi-scenes", str(args.multi_scenes)])
     fine = datasets(bank, ids, hargs)["train"]
+    # Only shapes the tag experiments train on: neither the vocabulary shapes their category test holds out
+    # nor the out-of-vocabulary categories may shape the features those tests are read from.
+    train_ids, _ = shape_splits(library, args.seed)
+    cats = {s.id: s.category for s in library.shapes()}
+    allowed = np.array([int(i) in train_ids and cats[int(i)] in VOCAB + NONE_IN for i in ids])
+    fine_rows = np.nonzero(allowed[fine["targets"]])[0]
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -111,7 +120,7 @@ def run(args) -> dict:
     net.train()
     for step in bar:
         it = rng.integers(0, len(tags["images"]), half)
-        jf = rng.integers(0, len(fine["images"]), half)
+        jf = fine_rows[rng.integers(0, len(fine_rows), half)]
         x = augment(np.concatenate([tags["images"][it], fine["images"][jf]]), rng)
         f = net.backbone(x)
         loss = (F.binary_cross_entropy_with_logits(net.tags(f[:half]), torch.from_numpy(tags["labels"][it]))
@@ -133,7 +142,7 @@ def run(args) -> dict:
             "init_from_commit": None if scratch else checkpoint.git_commit_of(args.init_from), "widths": list(widths),
             "outliers": args.outliers, "outlier_share": args.outlier_share if args.outliers else 0.0, "steps": args.steps, "batch": args.batch,
             "lr": args.lr, "minutes": (time.time() - t0) / 60, "first_loss": float(np.mean(losses[:20])),
-            "final_loss": float(np.mean(losses[-100:])),
+            "final_loss": float(np.mean(losses[-100:])), "fine_shapes": int(allowed.sum()),
             "command": (f"python -m models.train_label_backbone --library {args.library} --steps {args.steps} --batch {args.batch} --seed {args.seed}"
                         + (f" --outliers {args.outliers} --outlier-share {args.outlier_share:g}" if args.outliers else "")
                         + (f" --init-from none --widths {','.join(map(str, widths))}" if scratch else ""))}

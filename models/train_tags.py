@@ -211,7 +211,7 @@ def model_card(path: Path, meta: dict, results: dict) -> None:
         f"- Held-out metrics: single-label top-1 error {q['single_top1_error']:.3f}, zero-label IN accuracy "
         f"{q['zero_label_in_accuracy']:.3f}, OOD MMC {q['ood_mmc']:.3f}, AUROC {q['ood_auroc']:.3f}, F1 top-4 "
         f"{q['multi_f1_top4']:.3f}, ECE top-4 {q['multi_ece_top4']:.3f} (all heads: docs/eval_tags.md).\n"
-        "- Limits: the backbone is shared with the other heads of the comparison and frozen; its fine-tuning saw the fine-grained shape classes of every category, the out-of-vocabulary ones included (training sprites only, never the test scenes), so the OOD figures are optimistic if anything; scenes are synthetic 64 × 64 renderings, not photographs; OOD MMC ({:.2f}) is far above the 0.10 target.\n".format(q["ood_mmc"]) + backbone_rerun_note(meta.get("backbone", {})))
+        "- Limits: the backbone is shared with the other heads of the comparison and frozen; its fine-tuning saw only the training shapes of the vocabulary and the animals (never the held-out shapes, the out-of-vocabulary categories or any test scene), but it started from the matching network's photo stream, whose own training may have seen some held-out aeroplanes, boats and cars (another shape split); scenes are synthetic 64 × 64 renderings, not photographs; OOD MMC ({:.2f}) is far above the 0.10 target.\n".format(q["ood_mmc"]) + backbone_rerun_note(meta.get("backbone", {})))
 
 
 def build_parser() -> argparse.ArgumentParser:
