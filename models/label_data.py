@@ -126,7 +126,7 @@ class FrozenBackbone:
         model, self.meta = checkpoint.load(self.weights)
         self.stream = (model.photo_stream if hasattr(model, "photo_stream") else model.backbone).eval()
         self.key = checkpoint.file_hash(self.weights)
-        self.widths = tuple(getattr(model.config, "widths", (32, 64, 96, 96, 64)))
+        self.widths = tuple(model.config.widths)
 
     def provenance(self) -> dict:
         """What a model card says of this backbone: its hash and the matching.pt it started from."""

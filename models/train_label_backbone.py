@@ -30,6 +30,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .label_data import NONE_IN, VOCAB, prepare, prepare_outliers, shape_splits
 from .matching import MatchingNet, _stream
+from .tagger import TaggerConfig
 
 
 class TwoTaskNet(nn.Module):
@@ -101,12 +102,13 @@ def run(args) -> dict:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     scratch = str(args.init_from).lower() == "none"
+    asked = tuple(int(w) for w in args.widths.split(",")) if args.widths else None
     if scratch:
-        widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else (32, 64, 96, 96, 64)
+        widths = asked or TaggerConfig().widths
     else:
         matching, _ = checkpoint.load(args.init_from)
-        widths = tuple(matching.config.widths) if hasattr(matching.config, "widths") else (32, 64, 96, 96, 64)
-        if args.widths and tuple(int(w) for w in args.widths.split(",")) != widths:
+        widths = tuple(matching.config.widths)
+        if asked and asked != widths:
             raise SystemExit(f"--widths {args.widths} differ from {args.init_from}'s {widths}: pass --init-from none")
     net = TwoTaskNet(widths, len(VOCAB), len(labels), feat=widths[-1] * MatchingNet.feature_size(64) ** 2)
     if not scratch:

@@ -56,7 +56,7 @@ def scene_sets(bank, library, args, setting: str = "category", outliers=None
     shapes) adds unlabelled outlier objects to training and validation scenes at
     `args.outlier_share` of the objects (outlier exposure); test scenes are the same either way."""
     n_main = len(bank.shape_ids)
-    share = float(getattr(args, "outlier_share", 0.0)) if outliers is not None else 0.0
+    share = args.outlier_share if outliers is not None else 0.0
     if outliers is not None:
         bank = bank.concat(outliers)
     train_ids, held_ids = shape_splits(library, args.seed)
