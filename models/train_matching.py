@@ -54,31 +54,80 @@ def shape_split(library: ShapeLibrary, seed: int, held_out: float = 0.2, categor
 
 def photo_set(library: ShapeLibrary, shape_ids: list[int], n: int, seed: int, crop: int, margin: float,
               cache: Path | None = None, progress: bool = True, box_noise: bool = False,
-              config: SyntheticConfig | None = None) -> dict[str, np.ndarray]:
-    """n synthetic photos of the given shapes, reduced to what training needs: the photo-stream crop and labels."""
-    from shape_library.search import photo_crop
-    from shape_library.synthetic import SyntheticConfig, generate
+              config: SyntheticConfig | None = None, workers: int = 1) -> dict[str, np.ndarray]:
+    """n synthetic photos of the given shapes, reduced to what training needs: the photo-stream crop and labels.
+
+    `workers` > 1 renders chunks of the stream in that many processes; sample i is a pure function of
+    (seed, i), so the set is the same whatever the number of workers."""
+    from shape_library.synthetic import SyntheticConfig
 
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
             return dict(z)
-    crops = np.zeros((n, crop, crop, 3), np.uint8)
-    poses = np.zeros((n, 4), np.float32)
-    shapes = np.zeros(n, np.int64)
-    boxes = np.zeros((n, 4), np.float32)
-    from PIL import Image
-
-    for i, s in enumerate(tqdm(generate(library, shape_ids, n, seed, config or SyntheticConfig()), total=n, desc="synthetic photos", disable=not progress)):
-        img = Image.fromarray(s.image)
-        crops[i] = np.asarray(photo_crop(img, s.box, crop, margin)[0])
-        poses[i] = s.pose
-        shapes[i] = s.shape_id
-        boxes[i] = s.box
-    out = {"crops": crops, "poses": poses, "shapes": shapes, "boxes": boxes}
+    config = config or SyntheticConfig()
+    if workers > 1 and n >= 2 * workers:
+        out = _photo_rows_in_processes(library.data_dir, shape_ids, n, seed, crop, margin, config, workers, progress)
+    else:
+        out = _photo_rows(library, shape_ids, n, seed, 0, crop, margin, config, progress)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, **out)
     return out
+
+
+def _photo_rows(library, shape_ids, n: int, seed: int, start: int, crop: int, margin: float, config,
+                progress: bool = False) -> dict[str, np.ndarray]:
+    """Samples start .. start + n - 1 of the stream, as photo-stream crops and labels."""
+    from PIL import Image
+
+    from shape_library.search import photo_crop
+    from shape_library.synthetic import generate
+
+    crops = np.zeros((n, crop, crop, 3), np.uint8)
+    poses = np.zeros((n, 4), np.float32)
+    shapes = np.zeros(n, np.int64)
+    boxes = np.zeros((n, 4), np.float32)
+    for i, s in enumerate(tqdm(generate(library, shape_ids, n, seed, config, start=start), total=n, desc="synthetic photos", disable=not progress)):
+        crops[i] = np.asarray(photo_crop(Image.fromarray(s.image), s.box, crop, margin)[0])
+        poses[i] = s.pose
+        shapes[i] = s.shape_id
+        boxes[i] = s.box
+    return {"crops": crops, "poses": poses, "shapes": shapes, "boxes": boxes}
+
+
+def _photo_chunk(data_dir: Path, shape_ids, n: int, seed: int, start: int, crop: int, margin: float, config) -> dict[str, np.ndarray]:
+    return _photo_rows(ShapeLibrary(data_dir), shape_ids, n, seed, start, crop, margin, config)
+
+
+def _photo_rows_in_processes(data_dir: Path, shape_ids, n: int, seed: int, crop: int, margin: float, config,
+                             workers: int, progress: bool) -> dict[str, np.ndarray]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    step = max(1, min(500, -(-n // (4 * workers))))
+    parts: dict[int, dict[str, np.ndarray]] = {}
+    # spawn: a forked child would inherit this process's GL state
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        jobs = {pool.submit(_photo_chunk, Path(data_dir), list(shape_ids), min(step, n - a), seed, a, crop, margin, config): a
+                for a in range(0, n, step)}
+        with tqdm(total=n, desc=f"synthetic photos ({workers} processes)", disable=not progress) as bar:
+            for job in as_completed(jobs):
+                parts[jobs[job]] = job.result()
+                bar.update(len(parts[jobs[job]]["shapes"]))
+    return {k: np.concatenate([parts[a][k] for a in sorted(parts)]) for k in ("crops", "poses", "shapes", "boxes")}
+
+
+def training_device(args) -> str:
+    """--device, else the settings' device (cuda when a GPU is present)."""
+    from shape_library.settings import get_settings
+
+    return getattr(args, "device", None) or get_settings().torch_device()
+
+
+def hardware_name(device: torch.device | str) -> str:
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def jitter_crops(crops: np.ndarray, rng: np.random.Generator, shift: float = 0.06, scale: float = 0.08) -> np.ndarray:
@@ -126,6 +175,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--max-shapes", type=int, default=0, help="use only this many shapes per category (quick runs)")
     p.add_argument("--grid", default="21,11,11", help="pose grid bins a,e,t (quick runs use a coarser one)")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering the view index and the photos")
+    p.add_argument("--device", default=None, help="torch device (default: the settings' device, cuda when present)")
     p.add_argument("--aux-weight", type=float, default=0.2,
                    help="weight of the auxiliary viewpoint-bin classification on both streams (0: off)")
     args = p.parse_args(argv)
@@ -139,6 +190,7 @@ def train(args) -> Path:
     t_start = time.time()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(training_device(args))
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     library = prepare_library(args.data_dir, args.library)
@@ -151,21 +203,21 @@ def train(args) -> Path:
     grid = PoseGrid(*(int(x) for x in args.grid.split(",")))
     vcfg = ViewIndexConfig(grid=grid)
     views = ViewIndex(args.data_dir / "index", library, vcfg)
-    views.sync()
+    views.sync(workers=args.workers)
     crops_by_shape = {sid: views.load(sid).crops for sid in train_ids}
     cats = {s.id: s.category for s in library.shapes()}
     same_category = {sid: [o for o in train_ids if cats[o] == cats[sid]] for sid in train_ids}
 
-    model = registry.create(args.model)
+    model = registry.create(args.model).to(device)
     S = model.config.input_size
     photos = photo_set(library, train_ids, args.photos, args.seed, S, vcfg.margin,
-                       cache=args.data_dir / f"photos-train-{args.seed}-{args.photos}-{S}-{len(train_ids)}.npz")
+                       cache=args.data_dir / f"photos-train-{args.seed}-{args.photos}-{S}-{len(train_ids)}.npz", workers=args.workers)
     photo_rot = pose_rotations(photos["poses"])
     grid_rot = grid_rotations(grid)
     sampling = PairSampling()
 
     feat_dim = model.config.widths[-1] * model.feature_size(S) ** 2
-    aux_photo, aux_render = AuxViewpoint(feat_dim, grid), AuxViewpoint(feat_dim, grid)
+    aux_photo, aux_render = AuxViewpoint(feat_dim, grid).to(device), AuxViewpoint(feat_dim, grid).to(device)
     photo_bins = torch.from_numpy(np.stack(grid.bins(grid.nearest_index(*photos["poses"][:, :3].T)), 1).astype(np.int64))
     grid_bins = torch.from_numpy(np.stack(grid.bins(np.arange(len(grid))), 1).astype(np.int64))
     params = list(model.parameters()) + list(aux_photo.parameters()) + list(aux_render.parameters())
@@ -182,15 +234,17 @@ def train(args) -> Path:
         idx = rng.integers(0, len(photo_rot), args.batch)
         shapes, poses, target = sample_pairs(photo_rot[idx], photos["shapes"][idx], grid_rot, same_category, rng, sampling)
         renders = np.stack([crops_by_shape[s][p] for s, p in zip(shapes.reshape(-1), poses.reshape(-1))])
-        x_photo = photos_to_tensor(jitter_crops(photos["crops"][idx], rng))
-        x_render = crops_to_tensor(renders).view(args.batch, sampling.per_photo, 1, S, S)
+        x_photo = photos_to_tensor(jitter_crops(photos["crops"][idx], rng)).to(device, non_blocking=True)
+        x_render = crops_to_tensor(renders).view(args.batch, sampling.per_photo, 1, S, S).to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
         f_photo = model.photo_stream(x_photo)
         f_render = model.render_stream(x_render.flatten(0, 1))
         codes = model.head.render_code(f_render).view(args.batch, sampling.per_photo, -1)
         pred = model.head.score_codes(model.head.photo_code(f_photo), codes)
         loss = torch.nn.functional.mse_loss(pred, target)
         if args.aux_weight:
-            loss = loss + args.aux_weight * (aux_photo.loss(f_photo, photo_bins[idx]) + aux_render.loss(f_render, grid_bins[poses.reshape(-1)]))
+            loss = loss + args.aux_weight * (aux_photo.loss(f_photo, photo_bins[idx].to(device))
+                                             + aux_render.loss(f_render, grid_bins[poses.reshape(-1)].to(device)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -201,13 +255,14 @@ def train(args) -> Path:
         if (step + 1) % 500 == 0 or step + 1 == args.steps:
             checkpoint.save(model, args.model, ckpt_dir / f"step-{step + 1}.pt", half=False)
     elapsed = time.time() - t_start
+    model.cpu()
     meta = {
         "model": args.model, "seed": args.seed, "steps": args.steps, "aux_weight": args.aux_weight, "batch": args.batch, "lr": args.lr, "photos": args.photos,
         "pairs_per_photo": sampling.per_photo, "pair_sampling": sampling.__dict__, "grid": grid.key,
         "view_index": vcfg.key, "renderer": RENDERER_VERSION, "train_shapes": train_ids, "heldout_shapes": heldout_ids,
         "shape_names": {s.id: f"{s.category}/{s.name}" for s in library.shapes()},
         "library": str(args.library) if args.library else None, "final_loss": float(np.mean(losses[-100:])),
-        "training_seconds": round(elapsed, 1), "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "training_seconds": round(elapsed, 1), "hardware": hardware_name(device), "workers": args.workers,
     }
     checkpoint.save(model, args.model, args.out, meta)
     args.out.with_suffix(".json").write_text(json.dumps(meta, indent=1))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from shape_library.index import ViewIndexConfig
 from .reports import replace_block
 from . import checkpoint, registry
 from . import viewpoint  # noqa: F401  (registers the model)
-from .train_matching import CATEGORIES, jitter_crops, photo_set, prepare_library, shape_split
+from .train_matching import CATEGORIES, hardware_name, jitter_crops, photo_set, prepare_library, shape_split, training_device
 from .viewpoint import accuracy_table, geodesic_deg, mirror_angles
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,10 +50,12 @@ def to_tensor(crops: np.ndarray) -> torch.Tensor:
 def train_one(head: str, data: dict, cats: np.ndarray, args, init_from: Path | None) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
+    device = torch.device(training_device(args))
     model = registry.create("viewpoint-cpu", head=head, categories=tuple(CATEGORIES))
     if init_from is not None and init_from.is_file():
         matching, _ = checkpoint.load(init_from)
         model.load_backbone_from(matching)
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     model.train()
@@ -68,8 +69,8 @@ def train_one(head: str, data: dict, cats: np.ndarray, args, init_from: Path | N
             crops = crops.copy()
             poses = poses.copy()
             crops[flip], poses[flip] = mirror(crops[flip], poses[flip])
-        x = to_tensor(jitter_crops(crops, rng))
-        loss = model.loss(x, torch.from_numpy(poses).float(), [str(c) for c in cats[idx]])
+        x = to_tensor(jitter_crops(crops, rng)).to(device, non_blocking=True)
+        loss = model.loss(x, torch.from_numpy(poses).float().to(device), [str(c) for c in cats[idx]])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -83,10 +84,11 @@ def train_one(head: str, data: dict, cats: np.ndarray, args, init_from: Path | N
 @torch.no_grad()
 def evaluate(model, data: dict, cats: np.ndarray, category_known: bool = True, mirror: bool = False) -> dict:
     preds = []
+    device = next(model.parameters()).device
     for i in range(0, len(data["crops"]), 256):
         c = [str(k) if category_known else None for k in cats[i: i + 256]]
-        ang, _ = model.predict(to_tensor(data["crops"][i: i + 256]), c, mirror=mirror)
-        preds.append(ang)
+        ang, _ = model.predict(to_tensor(data["crops"][i: i + 256]).to(device), c, mirror=mirror)
+        preds.append(ang.cpu())
     pred = torch.cat(preds)
     err = geodesic_deg(pred, torch.from_numpy(data["poses"][:, :3]).double())
     table = {"all": accuracy_table(err)}
@@ -142,7 +144,9 @@ def model_card(path: Path, meta: dict, results: dict) -> None:
     path.with_suffix(".md").write_text(
         f"# S1 viewpoint model (`{path.name}`)\n\n"
         f"- model: `viewpoint-cpu`, S_exp heads (one per category: {', '.join(CATEGORIES)}, and a generic head), "
-        f"backbone started from `{meta['init_from']}`'s photo stream (sha256 {meta.get('init_from_sha') or '?'}…)\n"
+        f"backbone started from `{meta['init_from']}`'s photo stream (sha256 {meta.get('init_from_sha') or '?'}…"
+        + (f"; `git show {meta['init_from_commit']}:{meta['init_from']}` gets that file back" if meta.get("init_from_commit") else "")
+        + ")\n"
         f"- data: {meta['train_photos']} synthetic photos of {meta['train_shapes']} shapes (default library + "
         f"`{meta['library']}`){_stretch_note(meta)}, mirrored and jittered; {meta['heldout_shapes']} shapes held out\n"
         f"- training: {meta['steps']} steps x {meta['batch']}, AdamW lr {meta['lr']}, one-cycle, seed {meta['seed']}, "
@@ -171,6 +175,8 @@ def main(argv=None) -> int:
     p.add_argument("--heads", default="exp,flat,direct")
     p.add_argument("--init-from", type=Path, default=checkpoint.WEIGHTS_DIR / "matching.pt")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes rendering the photos (the set is the same for any number)")
+    p.add_argument("--device", default=None, help="torch device (default: the settings' device, cuda when present)")
     p.add_argument("--no-reports", action="store_true", help="train and print only (tests, quick runs)")
     args = p.parse_args(argv)
     run(args)
@@ -185,7 +191,7 @@ def _with_stretched(train: dict, library, train_ids: list[int], margin: float, a
     lo, hi = args.shape_scale
     extra = photo_set(library, train_ids, args.stretched_photos, args.seed + 7, 64, margin,
                       cache=args.data_dir / f"photos-train-s{round(100 * lo)}-{round(100 * hi)}-{args.seed + 7}-{args.stretched_photos}-64-{len(train_ids)}.npz",
-                      config=SyntheticConfig(shape_scale=(lo, hi)))
+                      config=SyntheticConfig(shape_scale=(lo, hi)), workers=args.workers)
     return {k: np.concatenate([train[k], extra[k]]) for k in train}
 
 
@@ -197,11 +203,11 @@ def run(args) -> dict:
     cat_of = {s.id: s.category for s in library.shapes()}
     margin = ViewIndexConfig().margin
     train = photo_set(library, train_ids, args.photos, args.seed, 64, margin,
-                      cache=args.data_dir / f"photos-train-{args.seed}-{args.photos}-64-{len(train_ids)}.npz")
+                      cache=args.data_dir / f"photos-train-{args.seed}-{args.photos}-64-{len(train_ids)}.npz", workers=args.workers)
     if args.stretched_photos:
         train = _with_stretched(train, library, train_ids, margin, args)
     test = photo_set(library, heldout_ids, args.eval_photos, args.seed + 1000, 64, margin,
-                     cache=args.data_dir / f"photos-heldout-{args.seed + 1000}-{args.eval_photos}-64-{len(heldout_ids)}.npz")
+                     cache=args.data_dir / f"photos-heldout-{args.seed + 1000}-{args.eval_photos}-64-{len(heldout_ids)}.npz", workers=args.workers)
     train_cats = np.array([cat_of[int(s)] for s in train["shapes"]])
     test_cats = np.array([cat_of[int(s)] for s in test["shapes"]])
     results, minutes = {}, []
@@ -221,13 +227,14 @@ def run(args) -> dict:
             "heldout_shapes": len(heldout_ids), "categories": list(CATEGORIES), "library": str(args.library),
             "init_from": checkpoint.repo_path(args.init_from),
             "init_from_sha": checkpoint.file_hash(args.init_from) if args.init_from.is_file() else None,
-            "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+            "init_from_commit": checkpoint.git_commit_of(args.init_from) if args.init_from.is_file() else None,
+            "hardware": hardware_name(training_device(args)),
             "minutes_per_head": float(np.mean(minutes)),
             "command": f"python -m models.train_viewpoint --library {args.library} --photos {args.photos} "
                        + (f"--stretched-photos {args.stretched_photos} --shape-scale {args.shape_scale[0]} {args.shape_scale[1]} " if args.stretched_photos else "")
                        + f"--steps {args.steps} --batch {args.batch} --seed {args.seed}"}
     if not args.no_reports and "exp" in results:
-        checkpoint.save(shipped, "viewpoint-cpu", args.out, meta={k: meta[k] for k in ("seed", "steps", "categories")})
+        checkpoint.save(shipped.cpu(), "viewpoint-cpu", args.out, meta={k: meta[k] for k in ("seed", "steps", "categories")})
         model_card(args.out, meta, results)
         block = write_reports(results, meta, REPO / "docs" / "eval_viewpoint.md")
         (REPO / "docs" / "eval_viewpoint.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))

@@ -249,9 +249,11 @@ class ViewIndex:
     def remove(self, shape_id: int) -> None:
         remove_quietly(self.path(shape_id), self.path(shape_id).with_suffix(".sha256"))
 
-    def sync(self, progress: bool = True, on_shape=None) -> list[int]:
+    def sync(self, progress: bool = True, on_shape=None, workers: int = 1) -> list[int]:
         """Build what is missing or damaged, drop files of removed shapes; returns rebuilt ids.
 
+        `workers` > 1 renders shapes in that many processes (each with its own GL context; the
+        files are the same); this process still writes every file and catalog row.
         Raises IndexWriteError, before rendering anything, when the folder cannot be written."""
         from .render import Renderer
 
@@ -277,7 +279,13 @@ class ViewIndex:
         done = len(shapes) - len(todo)
         if on_shape:
             on_shape(done, len(shapes))
-        if todo:
+        if todo and workers > 1 and len(todo) > 1:
+            self.ensure_writable()
+            for _ in self._build_in_processes(todo, workers, progress):
+                done += 1
+                if on_shape:
+                    on_shape(done, len(shapes))
+        elif todo:
             self.ensure_writable()
             with Renderer(self.config.canvas) as renderer:
                 for sid in tqdm(todo, desc="index shapes", unit="shape", disable=not progress):
@@ -291,3 +299,42 @@ class ViewIndex:
                     if on_shape:
                         on_shape(done, len(shapes))
         return todo
+
+    def _build_in_processes(self, todo: list[int], workers: int, progress: bool):
+        """Yield after each shape of `todo` is rendered by a pool of `workers` processes and saved here."""
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        poses = self.config.grid.poses().astype(np.float32)
+        # spawn: a forked child would inherit this process's GL state
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool:
+            jobs = {}
+            for sid in todo:
+                self._set_status(sid, IndexStatus.indexing)
+                jobs[pool.submit(_render_in_worker, self.library.mesh(sid), poses, self.config)] = sid
+            for job in tqdm(as_completed(jobs), total=len(jobs), desc="index shapes", unit="shape", disable=not progress):
+                sid = jobs[job]
+                try:
+                    crops, boxes = job.result()
+                    self.save(ShapeViews(sid, poses, boxes, crops))
+                except IndexWriteError:
+                    raise
+                except Exception as exc:  # one broken shape must not stop the others
+                    self._set_status(sid, IndexStatus.failed, quiet=True)
+                    log.error("indexing shape %s failed: %s", sid, exc)
+                else:
+                    self._set_status(sid, IndexStatus.indexed, self.config.key)
+                yield sid
+
+
+_worker_renderer = None
+
+
+def _render_in_worker(mesh, poses: np.ndarray, config: ViewIndexConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One shape's views in a pool process, which keeps its renderer between shapes."""
+    global _worker_renderer
+    from .render import Renderer
+
+    if _worker_renderer is None:
+        _worker_renderer = Renderer(config.canvas)
+    return render_crops(_worker_renderer, mesh, poses, config)

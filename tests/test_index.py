@@ -122,3 +122,16 @@ def test_views_keep_the_whole_outline_darker_than_the_background(tmp_path):
             assert crop[inside].max() <= OBJECT_MAX_GREY
             lit += int((res.shading[res.mask] >= 1.0).any())
     assert lit > 0  # the case that used to vanish does occur among these views
+
+
+def test_building_in_worker_processes_gives_the_same_files(tmp_path):
+    """Index build on a many-core machine renders shapes in a process pool; it must store what one process stores."""
+    lib = _library(tmp_path)
+    serial = ViewIndex(tmp_path / "one", lib, CFG)
+    pooled = ViewIndex(tmp_path / "pool", lib, CFG)
+    assert sorted(serial.sync(progress=False)) == sorted(pooled.sync(progress=False, workers=2))
+    assert all(s.index_status == IndexStatus.indexed.value for s in lib.shapes())
+    for s in lib.shapes():
+        a, b = serial.load(s.id), pooled.load(s.id)
+        assert np.array_equal(a.crops, b.crops) and np.array_equal(a.boxes, b.boxes)
+    assert pooled.sync(progress=False, workers=2) == []
