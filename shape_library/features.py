@@ -38,6 +38,7 @@ class FeatureIndex:
         self.model = model
         self.device = device
         self.batch = batch
+        self.weights_key = weights_key
         self.key = f"{views.config.key}-{weights_key}"
         self.root = views.root.parent / f"codes-{self.key}"
         try:

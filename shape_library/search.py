@@ -105,8 +105,17 @@ def _ann_from_settings(features, model):
 
     from .ann import AnnIndex
 
-    emb, _ = checkpoint.load(path, "cpu")
+    emb, meta = checkpoint.load(path, "cpu")
     if emb.config.code_dim != model.code_dim:
+        return None
+    teacher = meta.get("matching_hash")
+    if teacher and teacher != getattr(features, "weights_key", teacher):
+        import logging
+
+        # its embeddings would rank views by another network's codes: FAISS would hand the re-ranking the wrong views
+        logging.getLogger(__name__).warning(
+            "%s was distilled from matching weights %s, not the loaded %s: large searches stay exhaustive "
+            "until `python -m models.train_embedding` is rerun", path.name, teacher, features.weights_key)
         return None
     return AnnIndex(features, emb, checkpoint.file_hash(path), ivf_min_vectors=settings.ann_ivf_min_views, nprobe=settings.ann_nprobe)
 

@@ -198,3 +198,19 @@ def test_bench_copies_embed_exactly_like_their_codes():
         assert torch.allclose(got, lib.shape_codes(s)[torch.from_numpy(poses)], atol=1e-2)
     assert all(cats[a] == cats[b] and a != b for a, b in zip(lib.a, lib.b))
     assert not torch.allclose(lib.shape_codes(7), lib.shape_codes(8))
+
+
+def test_an_embedding_distilled_from_other_matching_weights_is_not_used(tmp_path, monkeypatch):
+    """Retraining matching.pt without train_embedding must not let FAISS rank views by stale codes."""
+    from models import checkpoint
+    from shape_library import search as search_mod
+    from shape_library.settings import get_settings
+
+    lib, features, model = _library(tmp_path)
+    emb = _emb(code_dim=model.code_dim)
+    path = tmp_path / "emb.pt"
+    monkeypatch.setattr(get_settings(), "embedding_weights", path)
+    checkpoint.save(emb, "embedding", path, {"matching_hash": "not-these-weights"})
+    assert search_mod._ann_from_settings(features, model) is None
+    checkpoint.save(emb, "embedding", path, {"matching_hash": features.weights_key})
+    assert isinstance(search_mod._ann_from_settings(features, model), AnnIndex)
