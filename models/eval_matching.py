@@ -26,7 +26,7 @@ from .reports import replace_block
 from . import checkpoint, geometry
 from . import matching  # noqa: F401
 from .pairs import pose_rotations
-from .train_matching import CATEGORIES, prepare_library
+from .train_matching import CATEGORIES, checkpoint_split, prepare_library
 
 PI6 = np.pi / 6
 MIN_NO_MATCH_BALANCED_ACCURACY = 0.75
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     views.sync()
     features = FeatureIndex(views, model, checkpoint.file_hash(args.weights))
     engine = SearchEngine(library, features, model)
-    train_ids, heldout_ids = meta["train_shapes"], meta["heldout_shapes"]
+    train_ids, heldout_ids = checkpoint_split(meta, library)
     cats = {s.id: s.category for s in library.shapes()}
 
     def photos(ids, seed, n):

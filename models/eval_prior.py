@@ -37,7 +37,7 @@ from . import checkpoint
 from . import matching, viewpoint  # noqa: F401  (registers the models)
 from .eval_matching import _rot_err
 from .pairs import grid_rotations
-from .train_matching import prepare_library
+from .train_matching import checkpoint_split, prepare_library
 from .viewpoint import PosePrior, poses_near
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,8 +172,9 @@ def main(argv=None) -> int:
         return out
 
     t_start = time.time()
-    seen, unseen = samples(meta["train_shapes"], args.seed), samples(meta["heldout_shapes"], args.seed + 1)
-    tune = collect(engine, vp, library, samples(meta["train_shapes"], args.seed + 2000), "category")
+    train_ids, heldout_ids = checkpoint_split(meta, library)
+    seen, unseen = samples(train_ids, args.seed), samples(heldout_ids, args.seed + 1)
+    tune = collect(engine, vp, library, samples(train_ids, args.seed + 2000), "category")
     tuning, best_prior = tune_prior(settings, tune)
     scopes = {"category known": collect(engine, vp, library, seen, "category"),
               "shape known": collect(engine, vp, library, seen, "shape"),

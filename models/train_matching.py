@@ -52,6 +52,23 @@ def shape_split(library: ShapeLibrary, seed: int, held_out: float = 0.2, categor
     return split_shapes(shapes, held_out, seed)
 
 
+def checkpoint_split(meta: dict, library: ShapeLibrary) -> tuple[list[int], list[int]]:
+    """The (train, held-out) shapes a checkpoint was trained with, as ids of *this* library.
+
+    Ids follow import order, which differs between machines (a library built before the default
+    shapes were imported first numbers them differently), so the ids stored in the checkpoint are
+    matched back by "category/name". A shape the library lacks is an error: evaluating without it
+    would quietly change the held-out set."""
+    names = {int(k): v for k, v in (meta.get("shape_names") or {}).items()}
+    if not names:
+        return list(meta["train_shapes"]), list(meta["heldout_shapes"])
+    here = {f"{s.category}/{s.name}": s.id for s in library.shapes()}
+    missing = sorted(names[i] for i in (*meta["train_shapes"], *meta["heldout_shapes"]) if names[i] not in here)
+    if missing:
+        raise SystemExit(f"the library lacks {len(missing)} shapes the weights were split over: {', '.join(missing[:8])}")
+    return [here[names[i]] for i in meta["train_shapes"]], [here[names[i]] for i in meta["heldout_shapes"]]
+
+
 def photo_set(library: ShapeLibrary, shape_ids: list[int], n: int, seed: int, crop: int, margin: float,
               cache: Path | None = None, progress: bool = True, box_noise: bool = False,
               config: SyntheticConfig | None = None, workers: int = 1) -> dict[str, np.ndarray]:
@@ -73,6 +90,24 @@ def photo_set(library: ShapeLibrary, shape_ids: list[int], n: int, seed: int, cr
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, **out)
     return out
+
+
+def photo_stream(library: ShapeLibrary, shape_ids: list[int], n: int, seed: int, kind: str, data_dir: Path,
+                 workers: int = 1) -> dict[str, np.ndarray]:
+    """The first n photos (64 px crops, the index's margin) of the stream (seed, shape_ids), as cached in
+    data_dir by the training commands (photos-{kind}-{seed}-{count}-64-{shapes}.npz): read from any cached
+    set at least as long, since photo i depends only on the seed and i, else made now and cached."""
+    from shape_library.index import ViewIndexConfig
+
+    tag = f"photos-{kind}-{seed}-"
+    longer = sorted((int(f.name[len(tag):].split("-")[0]), f) for f in Path(data_dir).glob(f"{tag}*-64-{len(shape_ids)}.npz")
+                    if f.name[len(tag):].split("-")[0].isdigit())
+    for count, f in longer:
+        if count >= n:
+            with np.load(f) as z:
+                return {k: z[k][:n] for k in z.files}
+    return photo_set(library, shape_ids, n, seed, 64, ViewIndexConfig().margin, workers=workers,
+                     cache=Path(data_dir) / f"{tag}{n}-64-{len(shape_ids)}.npz")
 
 
 def _photo_rows(library, shape_ids, n: int, seed: int, start: int, crop: int, margin: float, config,

@@ -66,3 +66,25 @@ def test_photos_made_in_worker_processes_are_the_same_set(tmp_path):
     assert len(set(one["shapes"].tolist())) == 2 and one["crops"].std() > 0
     again = photo_set(lib, ids, 8, 5, 32, 0.08, progress=False, workers=2, cache=tmp_path / "p.npz")  # from the cache
     assert np.array_equal(again["crops"], one["crops"])
+
+
+def test_checkpoint_split_follows_names_not_ids(tmp_path):
+    """A library imported in another order numbers its shapes differently: the split must follow the names."""
+    import pytest
+    import trimesh
+
+    from models.train_matching import checkpoint_split
+    from shape_library.library import ShapeLibrary
+
+    lib = ShapeLibrary(tmp_path / "var")
+    for name in ("c", "a", "b"):   # ids 1, 2, 3 here; the checkpoint's machine had a=1, b=2, c=3
+        f = tmp_path / f"{name}.ply"
+        trimesh.creation.box((1.0, 0.5 + 0.1 * ord(name), 0.3)).export(f)
+        lib.add(f, name=name, category="car")
+    meta = {"train_shapes": [1, 2], "heldout_shapes": [3], "shape_names": {"1": "car/a", "2": "car/b", "3": "car/c"}}
+    here = {s.name: s.id for s in lib.shapes()}
+    assert checkpoint_split(meta, lib) == ([here["a"], here["b"]], [here["c"]])
+    assert checkpoint_split({"train_shapes": [1], "heldout_shapes": [2]}, lib) == ([1], [2])   # old cards: ids as stored
+    meta["shape_names"]["3"] = "car/zz"
+    with pytest.raises(SystemExit, match="car/zz"):
+        checkpoint_split(meta, lib)
