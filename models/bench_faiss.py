@@ -49,6 +49,18 @@ def _library(data_dir: Path = DATA_DIR):
     return library, views
 
 
+def _queries(args, library) -> dict:
+    """Synthetic photos of the matching network's held-out shapes (seed 1000, as train_viewpoint's test
+    photos; made and cached when missing), or the named cached set."""
+    if args.queries_file:
+        with np.load(args.data_dir / args.queries_file) as z:
+            return {k: z[k] for k in z.files}
+    from .train_matching import checkpoint_split, photo_stream
+
+    _, meta = checkpoint.load(args.matching)
+    return photo_stream(library, checkpoint_split(meta, library)[1], 600, 1000, "heldout", args.data_dir)
+
+
 def _features(views, weights: Path):
     from shape_library.features import FeatureIndex
 
@@ -253,14 +265,14 @@ def bench(args) -> dict:
     sizes = [int(s) for s in args.sizes.split(",")]
     lib = SyntheticLibrary(real, cats, emb, max(sizes), lam, noise, args.seed)
 
-    held = np.load(args.data_dir / args.queries_file)
+    held = _queries(args, library)
     qi = rng.choice(len(held["crops"]), args.queries, replace=False)
     crops = held["crops"][qi]
     with torch.no_grad():
         pcodes = torch.cat([model.photo_codes(photos_to_tensor(crops[i:i + 64])) for i in range(0, len(crops), 64)])
     # The exhaustive ground truth does not depend on the embedding: cached by what defines it.
     gt_key = hashlib.sha256(json.dumps([args.seed, max(sizes), args.gt_queries, args.queries, args.real_copies, args.noise,
-                                        checkpoint.file_hash(args.matching), args.queries_file]).encode()).hexdigest()[:16]
+                                        checkpoint.file_hash(args.matching), args.queries_file or "photos-heldout-1000-600-64-17.npz"]).encode()).hexdigest()[:16]
     gt_path = WORK / f"exhaustive-{gt_key}.pt"
     if gt_path.is_file():
         best, arg, gt_s = torch.load(gt_path).values()
@@ -391,7 +403,7 @@ def main(argv=None) -> int:
     p.add_argument("--nprobe", default="16,64", help="IVF lists visited, comma-separated values to compare")
     p.add_argument("--queries", type=int, default=100, help="latency queries (held-out-shape synthetic photos)")
     p.add_argument("--gt-queries", type=int, default=40, help="of which, queries with an exhaustive ground truth")
-    p.add_argument("--queries-file", default="photos-heldout-1000-600-64-17.npz")
+    p.add_argument("--queries-file", default="", help="a cached photo set in --data-dir (default: 600 photos of the held-out shapes, seed 1000)")
     p.add_argument("--real-copies", type=int, default=17, help="really rendered scaled copies (cached in var/bench_faiss)")
     p.add_argument("--noise", type=float, default=0.25, help="code-space noise, fraction of the copy-base distance")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)

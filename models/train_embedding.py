@@ -4,8 +4,8 @@
 
 Data: the training library of models.train_matching (var/train: the generated default
 library + the real aeroplane/boat/car meshes), its stored render codes for the shipped
-matching weights and the cached synthetic training photos (photos-train-0-8000-64-66.npz);
-evaluation on the held-out-shape photos (photos-heldout-1000-600-64-17.npz).
+matching weights and the matching network's synthetic training photos (seed 0, the first `--photos`;
+made and cached when missing); evaluation on photos of its held-out shapes (seed 1000).
 
 Per training photo the teacher (MatchingNet's fused head) scores a pool of views (its own
 shape and a few random others, all 2,541 poses); its best `--positives` views form the
@@ -47,6 +47,28 @@ def load_codes(data_dir: Path, weights: Path):
     mats = [features.codes(i) for i in ids]
     owner = np.repeat(np.array(ids), [len(m) for m in mats])
     return model, torch.cat(mats), owner, ids
+
+
+def training_photos(args) -> tuple[dict, dict]:
+    """(training, held-out) photo sets: the named caches when given, else the matching network's own
+    photo streams (its training shapes, seed 0; its held-out shapes, seed 1000, as train_viewpoint's test
+    photos)."""
+    from shape_library.library import ShapeLibrary
+
+    from .train_matching import checkpoint_split, photo_stream
+
+    _, meta = checkpoint.load(args.matching)
+    library = ShapeLibrary(args.data_dir)
+    train_ids, heldout_ids = checkpoint_split(meta, library)
+
+    def stream(name, ids, n, seed, kind):
+        if name:
+            with np.load(args.data_dir / name) as z:
+                return {k: z[k] for k in z.files}
+        return photo_stream(library, ids, n, seed, kind, args.data_dir, workers=args.workers)
+
+    return (stream(args.train_photos, train_ids, args.photos, 0, "train"),
+            stream(args.heldout_photos, heldout_ids, max(args.eval_photos, 1), 1000, "heldout"))
 
 
 def _categories(data_dir: Path) -> dict[int, str]:
@@ -157,8 +179,7 @@ def train(args) -> Path:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model, codes, owner, ids = load_codes(args.data_dir, args.matching)
-    train_ph = np.load(args.data_dir / args.train_photos)
-    held_ph = np.load(args.data_dir / args.heldout_photos)
+    train_ph, held_ph = training_photos(args)
     n_train = min(args.photos, len(train_ph["crops"]))
     pc_train = photo_codes(model, train_ph["crops"][:n_train])
     pc_held = photo_codes(model, held_ph["crops"][: args.eval_photos])
@@ -177,7 +198,7 @@ def train(args) -> Path:
         "model": "embedding", "config": emb.config.to_dict(), "seed": args.seed, "steps": args.steps, "batch": args.batch,
         "lr": args.lr, "tau": args.tau, "photos": n_train, "pool_shapes": args.pool, "positives": args.positives,
         "negatives": args.negatives, "matching_weights": checkpoint.repo_path(args.matching), "matching_hash": checkpoint.file_hash(args.matching),
-        "train_photos": args.train_photos, "heldout_photos": args.heldout_photos, "library_views": len(codes),
+        "train_photos": args.train_photos or "matching training stream, seed 0", "heldout_photos": args.heldout_photos or "held-out shapes, seed 1000", "library_views": len(codes),
         "initial_loss": float(np.mean(losses[:20])), "final_loss": float(np.mean(losses[-50:])),
         "heldout": metrics, "training_seconds": round(elapsed, 1),
         "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
@@ -227,8 +248,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m models.train_embedding", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=Path("var/train"))
     p.add_argument("--matching", type=Path, default=checkpoint.WEIGHTS_DIR / "matching.pt")
-    p.add_argument("--train-photos", default="photos-train-0-8000-64-66.npz")
-    p.add_argument("--heldout-photos", default="photos-heldout-1000-600-64-17.npz")
+    p.add_argument("--train-photos", default="", help="a cached photo set in --data-dir (default: the matching network's training photos, made when missing)")
+    p.add_argument("--heldout-photos", default="", help="likewise for the held-out shapes (default: seed 1000, as train_viewpoint's test photos)")
+    p.add_argument("--workers", type=int, default=1, help="processes that make missing photos")
     p.add_argument("--out", type=lambda s: Path(s) if s else None, default=checkpoint.WEIGHTS_DIR / "embedding.pt", help="\"\": do not save")
     p.add_argument("--photos", type=int, default=4000)
     p.add_argument("--eval-photos", type=int, default=150)

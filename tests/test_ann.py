@@ -214,3 +214,44 @@ def test_an_embedding_distilled_from_other_matching_weights_is_not_used(tmp_path
     assert search_mod._ann_from_settings(features, model) is None
     checkpoint.save(emb, "embedding", path, {"matching_hash": features.weights_key})
     assert isinstance(search_mod._ann_from_settings(features, model), AnnIndex)
+
+
+def test_the_shipped_embedding_is_distilled_from_the_shipped_matching_weights():
+    """Otherwise the service silently falls back to exhaustive search on large libraries."""
+    from models import checkpoint
+
+    _, meta = checkpoint.load(checkpoint.WEIGHTS_DIR / "embedding.pt")
+    assert meta["matching_hash"] == checkpoint.file_hash(checkpoint.WEIGHTS_DIR / "matching.pt"), \
+        "matching.pt changed: rerun python -m models.train_embedding"
+
+
+def test_embedding_photos_come_from_a_longer_cached_stream(tmp_path):
+    """Photo i depends only on (seed, i): the first n of a longer cached set are the set to train on."""
+    import argparse
+
+    from models import checkpoint, registry
+    from models.train_embedding import training_photos
+    from shape_library.library import ShapeLibrary
+    import trimesh
+
+    lib = ShapeLibrary(tmp_path)
+    for name in ("a", "b", "c"):
+        f = tmp_path / f"{name}.ply"
+        trimesh.creation.box((1.0, 0.3 + 0.2 * ord(name) % 5, 0.4)).export(f)
+        lib.add(f, name=name, category="car")
+    ids = [s.id for s in lib.shapes()]
+    names = {str(s.id): f"car/{s.name}" for s in lib.shapes()}
+    weights = tmp_path / "m.pt"
+    checkpoint.save(registry.create("matching-cpu", widths=(4, 4, 4, 4, 4), fusion_channels=2), "matching-cpu", weights,
+                    {"train_shapes": ids[:2], "heldout_shapes": ids[2:], "shape_names": names})
+    rows = {"crops": np.arange(10 * 2, dtype=np.uint8).reshape(10, 2), "shapes": np.arange(10)}
+    np.savez(tmp_path / "photos-train-0-10-64-2.npz", **rows)
+    np.savez(tmp_path / "photos-heldout-1000-4-64-1.npz", **{k: v[:4] for k, v in rows.items()})
+    args = argparse.Namespace(matching=weights, data_dir=tmp_path, train_photos="", heldout_photos="",
+                              photos=6, eval_photos=3, workers=1)
+    train, held = training_photos(args)
+    assert np.array_equal(train["crops"], rows["crops"][:6]) and np.array_equal(held["shapes"], np.arange(3))
+    args.photos = 12   # no cached set is long enough: made now, of the training shapes, and cached
+    train, _ = training_photos(args)
+    assert len(train["crops"]) == 12 and set(train["shapes"].tolist()) <= set(ids[:2])
+    assert (tmp_path / "photos-train-0-12-64-2.npz").is_file()
