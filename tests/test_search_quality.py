@@ -9,6 +9,7 @@ from PIL import Image
 from models import checkpoint
 from models.pairs import pose_rotations
 from models import geometry
+from shape_library import settings
 from shape_library.settings import REPO_ROOT
 
 WEIGHTS = REPO_ROOT / "models" / "weights" / "matching.pt"
@@ -106,15 +107,15 @@ def test_the_confidence_power_setting_scales_the_priors_weight(engine_env, photo
     p = photos[0]
     img = Image.fromarray(p.image)
     _, conf, _ = warm_engine.photo_viewpoint(warm_engine.get_viewpoint_model(), img, p.box, "car", engine.views.config.margin)
-    monkeypatch.setenv("SHAPESEARCH_SEARCH_PRIOR_WEIGHT", "2")
-    monkeypatch.setenv("SHAPESEARCH_SEARCH_PRIOR_CONFIDENCE_POWER", "2")
+    monkeypatch.setenv("SHAPESEARCH_SEARCH_PRIOR_WEIGHT", "3")   # not the defaults, so the settings must be read
+    monkeypatch.setenv("SHAPESEARCH_SEARCH_PRIOR_CONFIDENCE_POWER", "3")
     settings.get_settings.cache_clear()
     try:
         prior, _ = warm_engine.viewpoint_prior(engine, img, p.box, "car")
     finally:
         monkeypatch.undo()
         settings.get_settings.cache_clear()
-    assert conf < 1 and prior.weight == pytest.approx(2 * conf ** 2)
+    assert conf < 1 and prior.weight == pytest.approx(3 * conf ** 3)
 
 
 @pytest.fixture()
@@ -181,7 +182,7 @@ def test_api_search_with_the_viewpoint_prior_scores_a_fraction_of_the_candidates
     assert all(m["prior_deg"] is None for m in full["matches"])
     for m in pruned["matches"]:                                 # ranked by the weighted mean of the two estimates
         w = m["prior_weight"]
-        assert m["prior_deg"] is not None and 0 < w <= 4.0 and w == pruned["matches"][0]["prior_weight"]
+        assert m["prior_deg"] is not None and 0 < w <= settings.get_settings().search_prior_weight and w == pruned["matches"][0]["prior_weight"]
         assert m["raw_score"] == pytest.approx((m["matcher_score"] + w * m["prior_deg"]) / (1 + w), abs=1e-4)
     assert all(m["prior_weight"] is None for m in full["matches"])
     raw = [m["raw_score"] for m in pruned["matches"]]
