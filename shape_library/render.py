@@ -107,6 +107,20 @@ def _release_context(gl: pyrender.OffscreenRenderer) -> None:
         eglMakeCurrent(platform._egl_display, EGL_NO_SURFACE, EGL_NO_SURFACE, EGL_NO_CONTEXT)
 
 
+def gl_renderer_name() -> str:
+    """GL_RENDERER of this process's context (e.g. "llvmpipe (LLVM 15.0.6, 256 bits)"), for benchmark labels."""
+    from OpenGL.GL import GL_RENDERER, glGetString
+
+    with _GL_LOCK:
+        gl = _offscreen(8, 8)
+        gl._platform.make_current()
+        try:
+            name = glGetString(GL_RENDERER)
+        finally:
+            _release_context(gl)
+    return name.decode(errors="replace") if name else "unknown"
+
+
 @atexit.register
 def shutdown_gl() -> None:
     with _GL_LOCK:

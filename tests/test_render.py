@@ -105,3 +105,15 @@ def test_renderers_share_one_context_across_threads_and_close():
     [t.join() for t in threads]
     assert errors == []
     assert first.render(marked_box(), 0, 0, 0).mask.shape == (64, 64)
+
+
+def test_gl_renderer_name_leaves_the_context_usable():
+    import trimesh
+
+    from shape_library.render import Renderer, gl_renderer_name
+
+    name = gl_renderer_name()
+    assert isinstance(name, str) and name and name != "unknown"
+    with Renderer(32) as r:
+        out = r.render(trimesh.creation.box(), 30.0, 10.0, 0.0, 3.0)
+    assert out is not None
