@@ -46,6 +46,10 @@ TRADEOFFS = (0.0, 0.25, 0.5, 0.75)
 MATCHER_ONLY = "full search, matcher alone (no prior, no refinement)"
 
 
+def _name_key(shape) -> tuple[str, str]:
+    return shape.category, shape.name
+
+
 def _photos(library, ids, n, seed):
     from shape_library.synthetic import SyntheticConfig, generate
 
@@ -81,8 +85,9 @@ def main(argv=None) -> int:
 
     # 1. no match ------------------------------------------------------------------------------
     others = prepare_library(args.label_data_dir, args.library, categories=ALL_CATEGORIES, progress=False)
-    ood_ids = [s.id for s in others.shapes() if s.category not in lib_cats]
-    in_ids = [s.id for s in library.shapes()]
+    # in name order, so the photos do not depend on the order the shapes were imported in (their ids)
+    ood_ids = [s.id for s in sorted(others.shapes(), key=_name_key) if s.category not in lib_cats]
+    in_ids = [s.id for s in sorted(library.shapes(), key=_name_key)]
     verdicts = {}
     for name, lib, ids in (("library objects", library, in_ids), ("objects not in the library", others, ood_ids)):
         rows = []
