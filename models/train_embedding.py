@@ -200,7 +200,8 @@ def train(args) -> Path:
         "negatives": args.negatives, "matching_weights": checkpoint.repo_path(args.matching), "matching_hash": checkpoint.file_hash(args.matching),
         "train_photos": args.train_photos or "matching training stream, seed 0", "heldout_photos": args.heldout_photos or "held-out shapes, seed 1000", "library_views": len(codes),
         "initial_loss": float(np.mean(losses[:20])), "final_loss": float(np.mean(losses[-50:])),
-        "heldout": metrics, "training_seconds": round(elapsed, 1),
+        "heldout": metrics, "heldout_shapes": int(len(np.unique(held_ph["shapes"][: args.eval_photos]))),
+        "training_seconds": round(elapsed, 1),
         "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "command": " ".join(["python -m models.train_embedding", *args.argv]),
         "options_in_effect": (f"--photos {args.photos} --steps {args.steps} --batch {args.batch} --negatives {args.negatives} "
@@ -235,7 +236,7 @@ shape and {meta['pool_shapes'] - 1} other shapes of its category, plus {meta['ne
 library per batch; loss KL(softmax(−teacher/τ) ‖ softmax(s·⟨e_photo, e_view⟩)), τ = {meta['tau']} rad,
 {meta['steps']} steps of {meta['batch']} photos. Loss {meta['initial_loss']:.3f} → {meta['final_loss']:.3f}.
 
-Measured on {h.get('queries', 0)} photos of the {17} held-out shapes: rank of the exhaustive fused-head top-1 among
+Measured on {h.get('queries', 0)} photos of the {meta.get('heldout_shapes', 'held-out')} held-out shapes: rank of the exhaustive fused-head top-1 among
 all {h.get('candidates', 0):,} views by embedding inner product: median {h.get('median_rank', float('nan')):.0f}; recall
 {recalls}. Larger libraries: docs/benchmarks.md (FAISS first stage).
 
