@@ -178,9 +178,33 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="processes rendering the photos (the set is the same for any number)")
     p.add_argument("--device", default=None, help="torch device (default: the settings' device, cuda when present)")
     p.add_argument("--no-reports", action="store_true", help="train and print only (tests, quick runs)")
+    p.add_argument("--evaluate", type=Path, metavar="WEIGHTS",
+                   help="train nothing: measure these S1 weights on the held-out photos (e.g. the shipped ones on this machine's set)")
     args = p.parse_args(argv)
+    if args.evaluate is not None:
+        print(json.dumps(evaluate_weights(args), indent=1))
+        return 0
     run(args)
     return 0
+
+
+def heldout_set(args, library, heldout_ids: list[int]) -> tuple[dict, np.ndarray]:
+    """The held-out photos every head is measured on, and their categories."""
+    cat_of = {s.id: s.category for s in library.shapes()}
+    test = photo_set(library, heldout_ids, args.eval_photos, args.seed + 1000, 64, ViewIndexConfig().margin,
+                     cache=args.data_dir / f"photos-heldout-{args.seed + 1000}-{args.eval_photos}-64-{len(heldout_ids)}.npz", workers=args.workers)
+    return test, np.array([cat_of[int(s)] for s in test["shapes"]])
+
+
+def evaluate_weights(args) -> dict:
+    """Category given, as is and mirror-averaged (as served), on the same photos `run` reports."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    library = prepare_library(args.data_dir, args.library)
+    test, cats = heldout_set(args, library, shape_split(library, args.seed)[1])
+    model, _ = checkpoint.load(args.evaluate)
+    model.eval()
+    return {"weights": str(args.evaluate), "known": evaluate(model, test, cats, True), "mirrored": evaluate(model, test, cats, True, mirror=True)}
 
 
 def _with_stretched(train: dict, library, train_ids: list[int], margin: float, args) -> dict:
@@ -206,10 +230,8 @@ def run(args) -> dict:
                       cache=args.data_dir / f"photos-train-{args.seed}-{args.photos}-64-{len(train_ids)}.npz", workers=args.workers)
     if args.stretched_photos:
         train = _with_stretched(train, library, train_ids, margin, args)
-    test = photo_set(library, heldout_ids, args.eval_photos, args.seed + 1000, 64, margin,
-                     cache=args.data_dir / f"photos-heldout-{args.seed + 1000}-{args.eval_photos}-64-{len(heldout_ids)}.npz", workers=args.workers)
+    test, test_cats = heldout_set(args, library, heldout_ids)
     train_cats = np.array([cat_of[int(s)] for s in train["shapes"]])
-    test_cats = np.array([cat_of[int(s)] for s in test["shapes"]])
     results, minutes = {}, []
     for head in args.heads.split(","):
         t0 = time.time()
