@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     # weight 2 x S1's confidence squared (Acc@π/6 0.48 -> 0.68, category known), scoring only the grid
     # poses within 45° of the prediction (2 % of them, same accuracy on the tuning photos). Both None
     # turns the prior off. tests/test_settings_follow_evaluations.py keeps these equal to the tuned ones.
-    search_prior_weight: float | None = Field(2.0, ge=0, description="weight of the S1 prior's distance estimate against the matcher's (None: no soft prior)")
-    search_prior_confidence_power: float = Field(2.0, ge=0, description="the soft prior's weight is scaled by the S1 confidence to this power (0: not scaled)")
+    search_prior_weight: float | None = Field(4.0, ge=0, description="weight of the S1 prior's distance estimate against the matcher's (None: no soft prior)")
+    search_prior_confidence_power: float = Field(0.0, ge=0, description="the soft prior's weight is scaled by the S1 confidence to this power (0: not scaled)")
     search_prior_flip_cost: float | None = Field(None, ge=0, description="degrees the soft prior charges for the front/back flip of the S1 viewpoint (None: flips get no discount)")
     search_prior_radius_deg: float | None = Field(45.0, gt=0, le=180, description="score only grid poses this close to the S1 viewpoint (None: no cut)")
     search_prior_flips: bool = Field(False, description="the cut also keeps the poses near the front/back flip of the S1 viewpoint")
