@@ -44,7 +44,7 @@ class Settings(BaseSettings):
 
     # Viewpoint prior in the search, chosen by `python -m models.eval_prior` (docs/viewpoint_prior.md):
     # rank by the weighted mean of the matcher's and the S1 prediction's distance estimates, the prior's
-    # weight 2 x S1's confidence squared (Acc@π/6 0.48 -> 0.68, category known), scoring only the grid
+    # weight a flat 4 (Acc@π/6 0.48 -> 0.66, category known), scoring only the grid
     # poses within 45° of the prediction (2 % of them, same accuracy on the tuning photos). Both None
     # turns the prior off. tests/test_settings_follow_evaluations.py keeps these equal to the tuned ones.
     search_prior_weight: float | None = Field(4.0, ge=0, description="weight of the S1 prior's distance estimate against the matcher's (None: no soft prior)")
