@@ -285,7 +285,7 @@ def bench(args) -> dict:
         return {}
     scorer = SimpleNamespace(model=model, chunk=4096)
     ns = [int(x) for x in args.top_n.split(",")]
-    rows = []
+    rows, loads = [], []
     for S in sizes:
         stub = SimpleNamespace(key=f"bench-{S}", root=WORK / "ann" / f"codes-{S}", views=SimpleNamespace(config=SimpleNamespace(grid=range(V))))
         ann = AnnIndex(stub, emb, "bench", root=WORK / "ann" / f"index-{S}", ivf_min_vectors=settings.ann_ivf_min_views)
@@ -339,12 +339,14 @@ def bench(args) -> dict:
                          "p50_ms": float(np.percentile(lat, 50) * 1e3), "p95_ms": float(np.percentile(lat, 95) * 1e3),
                          "synth_p50_ms": float(np.percentile(synth, 50) * 1e3),
                          "build_s": build_s, "index_mb": index_mb, "rss_mb": _current_rss_mb(), "rss_delta_mb": _current_rss_mb() - rss0})
+            loads.append(os.getloadavg()[0])
             print(json.dumps(rows[-1]), flush=True)
         del ann
     meta = {"sizes": sizes, "calibration": cal, "lambda_range": lam, "noise_std_per_value": noise, "real_code_sets": lib.R,
             "really_rendered_copies": len(copies), "embedding": str(args.embedding), "embedding_hash": checkpoint.file_hash(args.embedding),
             "embedding_heldout": emb_meta.get("heldout"), "ground_truth_seconds": gt_s, "threads": torch.get_num_threads(),
             "hardware": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}", "faiss": _faiss_version(),
+            "load_1min": [min(loads), max(loads)] if loads else None,
             "command": "python -m models.bench_faiss " + " ".join(args.argv)}
     return {"rows": rows, "meta": meta}
 
@@ -355,13 +357,24 @@ def _faiss_version() -> str:
     return faiss.__version__
 
 
+def load_sentence(load: list[float] | None, cores: int | None = None) -> str:
+    """What the report says of the machine's load, from the 1-minute load averages sampled during the run."""
+    if not load:
+        return "the machine's load was not recorded for this run"
+    cores = cores or os.cpu_count() or 1
+    lo, hi = load
+    verdict = ("other jobs shared the machine, so latencies are upper-side" if hi > cores + 0.5
+               else "nothing else of note ran beside it")
+    return f"1-minute load average {lo:.1f}–{hi:.1f} on {cores} cores while it ran: {verdict}"
+
+
 def write_report(result: dict, out: Path, doc: Path = Path("docs/benchmarks.md"), readme: Path = README) -> None:
     rows, meta = result["rows"], result["meta"]
     emb_path = Path(meta["embedding"])
     if emb_path.is_absolute() and emb_path.is_relative_to(README.parent):
         emb_path = emb_path.relative_to(README.parent)
-    md = ("Produced by `{cmd}` on {hw} (torch threads: {thr}, faiss-cpu {fv}); the machine was shared with other jobs "
-          "while it ran, so latencies are upper-side.\n\n").format(cmd=meta["command"], hw=meta["hardware"], thr=meta["threads"], fv=meta["faiss"])
+    md = ("Produced by `{cmd}` on {hw} (torch threads: {thr}, faiss-cpu {fv}); {load}.\n\n").format(
+        cmd=meta["command"], hw=meta["hardware"], thr=meta["threads"], fv=meta["faiss"], load=load_sentence(meta.get("load_1min")))
     md += ("| shapes | views | index | top-N | recall of exhaustive top-1 | two-stage top-1 = exhaustive | p50 ms | p95 ms | "
            "bench-only code synthesis p50 ms | index build s | index MB | process RSS MB |\n"
            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
