@@ -53,6 +53,29 @@ def git_commit_of(path: Path) -> str | None:
     return out.stdout.strip() or None
 
 
+def git_commit_holding(path: Path, tracked: str = "models/weights/matching.pt") -> str | None:
+    """The commit that wrote these exact bytes to `tracked` (e.g. an older matching.pt taken out with
+    `git show`), so a network started from a copy still names where its start came from; None when no
+    commit did."""
+    import subprocess
+
+    repo = WEIGHTS_DIR.parent.parent
+    try:
+        blob = subprocess.run(["git", "hash-object", str(Path(path).resolve())], cwd=repo, capture_output=True, text=True, timeout=30)
+        if blob.returncode:
+            return None
+        blob_id = blob.stdout.strip()
+        found = subprocess.run(["git", "log", "--format=%h", f"--find-object={blob_id}", "--", tracked], cwd=repo,
+                               capture_output=True, text=True, timeout=60)
+        for commit in reversed(found.stdout.split()):       # oldest first: the one that wrote it
+            at = subprocess.run(["git", "rev-parse", f"{commit}:{tracked}"], cwd=repo, capture_output=True, text=True, timeout=10)
+            if at.returncode == 0 and at.stdout.strip() == blob_id:
+                return commit
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return None
+
+
 def repo_path(path: Path) -> str:
     """`path` relative to the repository when it lies inside it, for model cards that do not name one machine's folders."""
     p, repo = Path(path).resolve(), WEIGHTS_DIR.parent.parent

@@ -30,6 +30,8 @@ NONE_IN = ("animal",)
 ALL_CATEGORIES = ("aeroplane", "animal", "boat", "bottle", "can", "car", "chair", "cup", "misc", "sofa", "table", "teapot")
 
 SPRITES_PER_SHAPE = 40
+#: Where `models.train_label_backbone` writes the shared label backbone by default.
+BACKBONE = Path("var/tags/label_backbone.pt")
 
 
 def slot_split(per_shape: int) -> tuple[range, range, range]:
@@ -130,7 +132,7 @@ class FrozenBackbone:
 
     def provenance(self) -> dict:
         """What a model card says of this backbone: its hash and the matching.pt it started from."""
-        return {"sha256": self.key, **{k: self.meta.get(k) for k in ("init_from_sha", "init_from_commit", "steps", "outliers")}}
+        return {"sha256": self.key, **{k: self.meta.get(k) for k in ("init_from_sha", "init_from_commit", "steps", "outliers", "command")}}
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, batch: int = 256, desc: str | None = None) -> np.ndarray:

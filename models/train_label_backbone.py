@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from . import checkpoint
-from .label_data import NONE_IN, VOCAB, prepare, prepare_outliers, shape_splits
+from .label_data import BACKBONE, NONE_IN, VOCAB, prepare, prepare_outliers, shape_splits
 from .matching import MatchingNet, _stream
 from .tagger import TaggerConfig
 
@@ -52,12 +52,19 @@ def augment(images: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
     return (t + 0.5) * gain - 0.5
 
 
+INIT_FROM = checkpoint.WEIGHTS_DIR / "matching.pt"
+
+
+def _is_default(path: Path, default: Path) -> bool:
+    return Path(path).resolve() == Path(default).resolve()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m models.train_label_backbone", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--library", type=Path)
     p.add_argument("--data-dir", type=Path, default=Path("var/tags"))
-    p.add_argument("--out", type=Path, default=Path("var/tags/label_backbone.pt"))
+    p.add_argument("--out", type=Path, default=BACKBONE)
     p.add_argument("--scenes", type=int, default=24000, help="as models.train_tags (reuses its cached scenes)")
     p.add_argument("--sprites-per-shape", type=int, default=40)
     p.add_argument("--repeats", type=int, default=3, help="as models.train_hierarchy (reuses its cached scenes)")
@@ -68,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--init-from", type=Path, default=checkpoint.WEIGHTS_DIR / "matching.pt",
+    p.add_argument("--init-from", type=Path, default=INIT_FROM,
                    help="matching network whose photo stream starts the backbone ('none': from scratch, see --widths)")
     p.add_argument("--widths", default="", help="channel widths of a backbone trained from scratch, e.g. 48,96,128,128,96")
     p.add_argument("--outliers", type=int, default=0, help="as models.train_tags: generic outlier shapes in the tag scenes")
@@ -141,13 +148,15 @@ def run(args) -> dict:
     model = registry.create("tagger-cpu", labels=VOCAB, head="sigmoid", widths=widths)
     model.backbone.load_state_dict(net.backbone.state_dict())
     meta = {"seed": args.seed, "init_from_sha": None if scratch else checkpoint.file_hash(args.init_from),
-            "init_from_commit": None if scratch else checkpoint.git_commit_of(args.init_from), "widths": list(widths),
+            "init_from_commit": None if scratch else (checkpoint.git_commit_of(args.init_from) or checkpoint.git_commit_holding(args.init_from)), "widths": list(widths),
             "outliers": args.outliers, "outlier_share": args.outlier_share if args.outliers else 0.0, "steps": args.steps, "batch": args.batch,
             "lr": args.lr, "minutes": (time.time() - t0) / 60, "first_loss": float(np.mean(losses[:20])),
             "final_loss": float(np.mean(losses[-100:])), "fine_shapes": int(allowed.sum()),
             "command": (f"python -m models.train_label_backbone --library {args.library} --steps {args.steps} --batch {args.batch} --seed {args.seed}"
                         + (f" --outliers {args.outliers} --outlier-share {args.outlier_share:g}" if args.outliers else "")
-                        + (f" --init-from none --widths {','.join(map(str, widths))}" if scratch else ""))}
+                        + (f" --init-from none --widths {','.join(map(str, widths))}" if scratch else "")
+                        + (f" --init-from {checkpoint.repo_path(args.init_from)}" if not scratch and not _is_default(args.init_from, INIT_FROM) else "")
+                        + (f" --out {checkpoint.repo_path(args.out)}" if not _is_default(args.out, BACKBONE) else ""))}
     checkpoint.save(model, "tagger-cpu", args.out, meta=meta)
     return meta
 

@@ -29,8 +29,8 @@ import torch
 
 from . import checkpoint, registry
 from . import tagger  # noqa: F401  (registers the model)
-from .calibration import auroc, ece, reliability_bins, reliability_diagram, top_k_f1, top_k_pairs
-from .label_data import (ALL_CATEGORIES, NONE_IN, VOCAB, FrozenBackbone, backbone_card_line, backbone_rerun_note, cached,
+from .calibration import auroc, bootstrap_ece, ece, reliability_bins, reliability_diagram, top_k_f1, top_k_pairs
+from .label_data import (ALL_CATEGORIES, BACKBONE, NONE_IN, VOCAB, FrozenBackbone, backbone_card_line, backbone_rerun_note, cached,
                          composer, features_cached, label_matrix, logits_of, prepare, prepare_outliers, shape_splits,
                          slot_split, train_on_features)
 from shape_library.tag_scenes import scene_set
@@ -157,8 +157,22 @@ def _table(results: dict) -> list[str]:
     for kind, r in results.items():
         m = r["metrics"]
         rows.append(f"| {NAMES[kind]} | {m['single_top1_error']:.3f} | {m['zero_label_in_accuracy']:.3f} | {m['ood_mmc']:.3f} | "
-                    f"{m['ood_auroc']:.3f} | {m['multi_f1_top4']:.3f} | {m['multi_ece_top4']:.3f} |")
+                    f"{m['ood_auroc']:.3f} | {m['multi_f1_top4']:.3f} | {m['multi_ece_top4']:.3f}{_se(m)} |")
     return rows
+
+
+def _ece_lead(q: dict) -> str:
+    """The paired-bootstrap reading of the ECE comparison (empty for results without it)."""
+    share = q.get("ece_below_share")
+    if not share:
+        return ""
+    parts = ", ".join(f"{NAMES[k]} {100 * v:.0f} %" for k, v in share.items())
+    return (f"ECE ± its bootstrap standard error (1000 resamples of the test scenes); the quasibinary head's ECE is "
+            f"below the baseline's in this share of the paired resamples: {parts} (a lead is clear above about 95 %).\n")
+
+
+def _se(m: dict) -> str:
+    return f" ± {m['multi_ece_top4_se']:.3f}" if "multi_ece_top4_se" in m else ""
 
 
 def _fmt(v: float | None) -> str:
@@ -173,9 +187,9 @@ def write_reports(results: dict, fine: dict, meta: dict, out_md: Path) -> str:
         verdict = (f"\nTarget (quasibinary ECE below all three baselines, OOD MMC < 0.10): ECE {q['multi_ece_top4']:.3f} vs best "
                    f"baseline {best_other:.3f} → {'met' if q['multi_ece_top4'] < best_other else 'not met'}; MMC "
                    f"{q['ood_mmc']:.3f} → {'met' if q['ood_mmc'] < 0.10 else 'not met'}. "
-                   f"Thesis reference: zero-label IN 80.6 %, MMC 6.9 %.\n")
+                   f"Thesis reference: zero-label IN 80.6 %, MMC 6.9 %.\n" + _ece_lead(q))
     block = (f"Tagging on held-out shapes ({meta['test_scenes']} test scenes per set, 64 × 64, vocabulary "
-             f"{', '.join(VOCAB)}; `python -m models.train_tags`, seed {meta['seed']}, {meta['steps']} steps per head, "
+             f"{', '.join(VOCAB)}; `{meta.get('command', 'python -m models.train_tags')}`, seed {meta['seed']}, {meta['steps']} steps per head, "
              f"{meta['hardware']}). Zero-label IN: empty scenes and held-out animals (animals are unlabelled in training); "
              f"OOD: bottles, cans, cups, teapots, misc. shapes (never seen); MMC = mean max confidence on OOD scenes; "
              f"AUROC = in-vocabulary vs OOD scenes by max confidence; F1 and ECE over the top-4 (label, confidence) pairs "
@@ -207,7 +221,7 @@ def model_card(path: Path, meta: dict, results: dict) -> None:
         f"- Network: {backbone_card_line(meta.get('backbone', {}))} + 256-unit neck + quasibinary head (C_avg, α = 0.1).\n"
         f"- Data: {meta['train_scenes']} composed scenes (0-3 objects, animals and empty scenes as zero-label), seed {meta['seed']}.\n"
         f"- Training: {meta['steps']} steps, batch {meta['batch']}, lr {meta['lr']}, {meta['minutes_per_head']:.1f} min per head on {meta['hardware']}.\n"
-        f"- Commands: `python -m models.train_label_backbone --library {meta['library']}`, then `{meta['command']}`\n"
+        f"- Commands: `{meta.get('backbone', {}).get('command') or 'python -m models.train_label_backbone --library ' + meta['library']}`, then `{meta['command']}`\n"
         f"- Held-out metrics: single-label top-1 error {q['single_top1_error']:.3f}, zero-label IN accuracy "
         f"{q['zero_label_in_accuracy']:.3f}, OOD MMC {q['ood_mmc']:.3f}, AUROC {q['ood_auroc']:.3f}, F1 top-4 "
         f"{q['multi_f1_top4']:.3f}, ECE top-4 {q['multi_ece_top4']:.3f} (all heads: docs/eval_tags.md).\n"
@@ -228,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backbone", type=Path, default=Path("var/tags/label_backbone.pt"),
+    p.add_argument("--backbone", type=Path, default=BACKBONE,
                    help="frozen photo stream (made by `python -m models.train_label_backbone`)")
     p.add_argument("--outliers", type=int, default=0,
                    help="generic outlier shapes (shape_library.outliers) added unlabelled to training scenes")
@@ -257,7 +271,21 @@ def _train_head(kind: str, names, backbone, feats: dict, labels: dict, ood_categ
     m = result["metrics"]
     print(tag, kind, json.dumps({**{k: round(v, 4) for k, v in m.items() if isinstance(v, float)},
                                  "ood_mmc_by_category": {c: round(v, 3) for c, v in m["ood_mmc_by_category"].items()}}))
-    return model, result, minutes
+    return model, result, minutes, probs["multi"]
+
+
+def add_ece_uncertainty(results: dict, multi: dict[str, np.ndarray], labels: np.ndarray, seed: int, n: int = 1000) -> None:
+    """Bootstrap standard error of every head's top-4 ECE, and in how many of the paired resamples the
+    quasibinary head's ECE is below each baseline's (whether its lead is more than the draw of the scenes)."""
+    boot = bootstrap_ece(multi, labels, 4, 10, n, seed)
+    for kind, b in boot.items():
+        results[kind]["metrics"]["multi_ece_top4_se"] = float(b.std())
+    if "quasibinary" in boot:
+        results["quasibinary"]["metrics"]["ece_below_share"] = {
+            k: float((boot["quasibinary"] < b).mean()) for k, b in boot.items() if k != "quasibinary"}
+    print("ECE bootstrap", json.dumps({k: {"se": round(r["metrics"]["multi_ece_top4_se"], 4),
+                                           **({"quasibinary_below": r["metrics"]["ece_below_share"]} if "ece_below_share" in r["metrics"] else {})}
+                                       for k, r in results.items() if "multi_ece_top4_se" in r["metrics"]}))
 
 
 def compare(setting: str, bank, library, backbone, args, outliers=None) -> tuple[dict, dict, list[float], list[str]]:
@@ -268,15 +296,16 @@ def compare(setting: str, bank, library, backbone, args, outliers=None) -> tuple
     feats = {k: features_cached(backbone, v["images"], args.data_dir, f"{tag}-{k}") for k, v in sets.items()}
     labels = {k: v["labels"] for k, v in sets.items()}
     ood_categories = sets["ood"]["categories"]
-    results, minutes, models = {}, [], {}
+    results, minutes, models, multi = {}, [], {}, {}
     for kind in args.heads.split(","):
-        models[kind], results[kind], t = _train_head(kind, names, backbone, feats, labels, ood_categories, args, tag)
+        models[kind], results[kind], t, multi[kind] = _train_head(kind, names, backbone, feats, labels, ood_categories, args, tag)
         minutes.append(t)
+    add_ece_uncertainty(results, multi, labels["multi"], args.seed)
     if outliers is not None and setting == "category" and "quasibinary" in models:
         plain, _ = scene_sets(bank, library, args, setting)
         pf = {**feats, **{k: features_cached(backbone, plain[k]["images"], args.data_dir, f"{tag}-{k}") for k in ("train", "val")}}
         pl = {**labels, "train": plain["train"]["labels"], "val": plain["val"]["labels"]}
-        _, results[NO_OE], _ = _train_head("quasibinary", names, backbone, pf, pl, ood_categories, args, f"{tag} (no outliers)")
+        _, results[NO_OE], _, _ = _train_head("quasibinary", names, backbone, pf, pl, ood_categories, args, f"{tag} (no outliers)")
     return results, models, minutes, names
 
 
@@ -301,7 +330,8 @@ def run(args) -> dict:
             "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
             "minutes_per_head": float(np.mean(minutes)) if minutes else 0.0,
             "backbone": backbone.provenance(),
-            "command": f"python -m models.train_tags --library {args.library} --scenes {args.scenes} --steps {args.steps} --seed {args.seed}"}
+            "command": f"python -m models.train_tags --library {args.library} --scenes {args.scenes} --steps {args.steps} --seed {args.seed}"
+                       + (f" --backbone {checkpoint.repo_path(args.backbone)}" if Path(args.backbone).resolve() != BACKBONE.resolve() else "")}
     if not args.no_reports and "quasibinary" in models:
         checkpoint.save(models["quasibinary"], "tagger-cpu", args.out,
                         meta={"none_threshold": meta["none_threshold"], "seed": args.seed, "labels": list(VOCAB)})

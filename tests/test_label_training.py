@@ -133,6 +133,6 @@ def test_a_head_trains_the_same_whatever_ran_before_in_the_process():
     runs = []
     for noise in (0, 1):
         torch.rand(noise * 1000)          # a different global RNG state before each run
-        _, r, _ = train_tags._train_head("quasibinary", ["a", "b", "c"], backbone, feats, labels, cats, args, "t")
+        _, r, _, _ = train_tags._train_head("quasibinary", ["a", "b", "c"], backbone, feats, labels, cats, args, "t")
         runs.append(r["metrics"]["multi_ece_top4"])
     assert runs[0] == runs[1]

@@ -133,3 +133,20 @@ def test_auroc_top_k_pairs_and_f1():
     assert conf.tolist() == [0.9, 0.6, 0.4, 0.3] and hit.tolist() == [True, False, True, False]
     # predicted (>= .5): {0, 1} for image 0, {} for image 1 -> tp 1, fp 1, fn 1
     assert top_k_f1(probs, labels, 2) == pytest.approx(2 / 4)
+
+
+def test_paired_bootstrap_of_ece_is_centred_on_the_ece_and_pairs_the_heads():
+    from models.calibration import bootstrap_ece
+
+    rng = np.random.default_rng(3)
+    labels = (rng.random((400, 6)) < 0.3).astype(np.float32)
+    good = np.clip(labels * 0.7 + rng.random((400, 6)) * 0.3, 0, 1)     # informative
+    bad = rng.random((400, 6))                                           # noise
+    boot = bootstrap_ece({"good": good, "same": good.copy(), "bad": bad}, labels, k=4, n=200, seed=1)
+    assert all(len(v) == 200 for v in boot.values())
+    np.testing.assert_array_equal(boot["good"], boot["same"])              # same resamples for every head
+    for name, p in (("good", good), ("bad", bad)):
+        full = ece(*top_k_pairs(p, labels, 4), 10)
+        assert abs(boot[name].mean() - full) < 3 * boot[name].std() + 1e-3
+        assert boot[name].std() > 0
+    assert (boot["good"] < boot["bad"]).mean() > 0.95

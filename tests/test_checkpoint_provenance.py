@@ -1,0 +1,35 @@
+"""A network started from a copy of an older matching.pt still names the commit that wrote it."""
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from models import checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _git(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.fixture
+def in_git():
+    if shutil.which("git") is None or _git("rev-parse", "HEAD").returncode:
+        pytest.skip("not a git checkout")
+
+
+def test_a_copy_of_a_committed_matching_pt_is_traced_to_a_commit_holding_those_bytes(in_git, tmp_path):
+    copy = tmp_path / "start.pt"
+    copy.write_bytes(subprocess.run(["git", "show", "HEAD:models/weights/matching.pt"], cwd=REPO, capture_output=True).stdout)
+    commit = checkpoint.git_commit_holding(copy)
+    assert commit
+    blob = _git("hash-object", str(copy)).stdout.strip()
+    assert _git("rev-parse", f"{commit}:models/weights/matching.pt").stdout.strip() == blob
+
+
+def test_bytes_no_commit_wrote_are_not_traced(in_git, tmp_path):
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"not a committed network " * 10)
+    assert checkpoint.git_commit_holding(other) is None
