@@ -252,7 +252,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--no-reports", action="store_true", help="train and print only (tests, quick runs)")
+    p.add_argument("--replace-backbone", action="store_true",
+                   help="ship the tagger even though its backbone starts from another matching.pt than the shipped one's")
     return p
+
+
+def check_shipped_backbone(out: Path, provenance: dict, allow: bool = False) -> None:
+    """Refuse to overwrite a shipped tagger with one on a backbone from another matching.pt (the two
+    backbones differ in calibration, README "Which backbone"), unless asked to."""
+    card = out.with_suffix(".json")
+    if allow or not card.is_file():
+        return
+    shipped = json.loads(card.read_text()).get("backbone", {}).get("init_from_sha")
+    mine = provenance.get("init_from_sha")
+    if shipped and mine and shipped != mine:
+        raise SystemExit(f"{out} was trained on a backbone started from matching.pt {shipped}…, this one starts from {mine}… "
+                         "(README, 'Which backbone'): pass the shipped recipe's --backbone (its model card names it), "
+                         "--no-reports, or --replace-backbone to ship it anyway")
 
 
 def _train_head(kind: str, names, backbone, feats: dict, labels: dict, ood_categories, args, tag: str):
@@ -317,6 +333,8 @@ def run(args) -> dict:
         raise SystemExit(f"no backbone at {args.backbone}: run `python -m models.train_label_backbone` first "
                          "(or pass --backbone models/weights/matching.pt)")
     backbone = FrozenBackbone(args.backbone)
+    if not args.no_reports:
+        check_shipped_backbone(args.out, backbone.provenance(), args.replace_backbone)
     outliers = (prepare_outliers(args.data_dir, args.outliers, args.seed, progress=not args.quiet)
                 if args.outliers else None)
     results, models, minutes, _ = compare("category", bank, library, backbone, args, outliers)

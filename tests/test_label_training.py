@@ -136,3 +136,17 @@ def test_a_head_trains_the_same_whatever_ran_before_in_the_process():
         _, r, _, _ = train_tags._train_head("quasibinary", ["a", "b", "c"], backbone, feats, labels, cats, args, "t")
         runs.append(r["metrics"]["multi_ece_top4"])
     assert runs[0] == runs[1]
+
+
+def test_the_shipped_tagger_is_not_overwritten_from_a_backbone_of_another_matching_pt(tmp_path):
+    import json
+
+    from models.train_tags import check_shipped_backbone
+
+    out = tmp_path / "tagger.pt"
+    out.with_suffix(".json").write_text(json.dumps({"backbone": {"init_from_sha": "aaaa"}}))
+    with pytest.raises(SystemExit, match="--replace-backbone"):
+        check_shipped_backbone(out, {"init_from_sha": "bbbb"})
+    check_shipped_backbone(out, {"init_from_sha": "bbbb"}, allow=True)
+    check_shipped_backbone(out, {"init_from_sha": "aaaa"})
+    check_shipped_backbone(tmp_path / "new.pt", {"init_from_sha": "bbbb"})      # nothing shipped there yet
