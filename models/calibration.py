@@ -39,12 +39,12 @@ def bootstrap_ece(probs: dict[str, np.ndarray], labels: np.ndarray, k: int = 4, 
     rng = np.random.default_rng(seed)
     m = len(labels)
     pairs = {name: top_k_pairs(p, labels, k) for name, p in probs.items()}
+    width = {name: len(conf) // m for name, (conf, _) in pairs.items()}   # k, or fewer when a head has fewer labels
     out = {name: np.empty(n) for name in probs}
     for i in range(n):
         rows = rng.integers(0, m, m)
         for name, (conf, hit) in pairs.items():
-            kk = len(conf) // m          # k, or fewer when a head has fewer labels
-            flat = (rows[:, None] * kk + np.arange(kk)).ravel()
+            flat = (rows[:, None] * width[name] + np.arange(width[name])).ravel()
             out[name][i] = ece(conf[flat], hit[flat], bins)
     return out
 

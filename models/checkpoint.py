@@ -76,6 +76,11 @@ def git_commit_holding(path: Path, tracked: str = "models/weights/matching.pt") 
     return None
 
 
+def flag_unless_default(flag: str, path: Path, default: Path) -> str:
+    """` --flag PATH` for a command line a model card records, or "" when `path` is the default."""
+    return "" if Path(path).resolve() == Path(default).resolve() else f" {flag} {repo_path(path)}"
+
+
 def repo_path(path: Path) -> str:
     """`path` relative to the repository when it lies inside it, for model cards that do not name one machine's folders."""
     p, repo = Path(path).resolve(), WEIGHTS_DIR.parent.parent

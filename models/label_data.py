@@ -152,6 +152,11 @@ def backbone_card_line(b: dict) -> str:
     return f"the label backbone ({sha}{start} fine-tuned by `models.train_label_backbone`, then frozen)"
 
 
+def backbone_command(meta: dict) -> str:
+    """The command that made a card's backbone (older backbones did not record it: the default one)."""
+    return meta.get("backbone", {}).get("command") or f"python -m models.train_label_backbone --library {meta['library']}"
+
+
 def backbone_rerun_note(b: dict) -> str:
     """How to get the backbone's starting matching.pt back once it has been retrained (empty when unknown)."""
     if not b.get("init_from_commit"):

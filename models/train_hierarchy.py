@@ -33,7 +33,7 @@ import torch
 from . import checkpoint, registry
 from . import tagger  # noqa: F401  (registers the model)
 from . import vec2bundle as vb
-from .label_data import (BACKBONE, FrozenBackbone, backbone_card_line, backbone_rerun_note, slot_split, cached, composer, features_cached,
+from .label_data import (BACKBONE, FrozenBackbone, backbone_card_line, backbone_command, backbone_rerun_note, slot_split, cached, composer, features_cached,
                          label_matrix, logits_of, prepare, single_scenes, train_on_features)
 from shape_library.tag_scenes import scene_set
 
@@ -225,7 +225,7 @@ def run(args) -> dict:
             "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
             "minutes": minutes, "train": info, "backbone": backbone.provenance(),
             "command": f"python -m models.train_hierarchy --library {args.library} --steps {args.steps} --seed {args.seed}"
-                       + (f" --backbone {checkpoint.repo_path(args.backbone)}" if Path(args.backbone).resolve() != BACKBONE.resolve() else "")}
+                       + checkpoint.flag_unless_default("--backbone", args.backbone, BACKBONE)}
     result = {"meta": meta, "single": single, "top_k": topk, "multi": multi}
     print(json.dumps({"top1": top1, **{n: round(r["auc_max_rew"], 4) for n, r in single.items()}}, indent=1))
     if not args.no_reports:
@@ -248,7 +248,7 @@ def ship(model, tree: vb.Tree, labels: list[str], cats: list[str], ids, library,
         f"(N(0, 0.005²) init, no weight decay); hierarchy = Ward linkage of the prototypes (stored in the weights' metadata).\n"
         f"- Data: {meta['train_scenes']} single-object scenes, seed {meta['seed']}; {meta['steps']} steps, batch {meta['batch']}, "
         f"lr {meta['lr']}; whole study {meta['minutes']:.1f} min on {meta['hardware']}.\n"
-        f"- Commands: `{meta.get('backbone', {}).get('command') or 'python -m models.train_label_backbone --library ' + meta['library']}`, then `{meta['command']}`\n"
+        f"- Commands: `{backbone_command(meta)}`, then `{meta['command']}`\n"
         f"- Held-out top-1 accuracy over the {len(labels)} shapes: {meta['top1_accuracy']['rbf']:.3f} "
         f"(linear head: {meta['top1_accuracy']['linear']:.3f}). Curves and tables: docs/eval_hierarchy.md.\n"
         "- Limits: the backbone is frozen and shared with the baselines; top-1 accuracy over 149 look-alike shapes is low, so the hierarchy mostly hedges; compare every tree with the flat Top-K row of docs/eval_hierarchy.md (at the time of writing Top-K had the higher AUC).\n"

@@ -55,10 +55,6 @@ def augment(images: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
 INIT_FROM = checkpoint.WEIGHTS_DIR / "matching.pt"
 
 
-def _is_default(path: Path, default: Path) -> bool:
-    return Path(path).resolve() == Path(default).resolve()
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m models.train_label_backbone", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,8 +151,8 @@ def run(args) -> dict:
             "command": (f"python -m models.train_label_backbone --library {args.library} --steps {args.steps} --batch {args.batch} --seed {args.seed}"
                         + (f" --outliers {args.outliers} --outlier-share {args.outlier_share:g}" if args.outliers else "")
                         + (f" --init-from none --widths {','.join(map(str, widths))}" if scratch else "")
-                        + (f" --init-from {checkpoint.repo_path(args.init_from)}" if not scratch and not _is_default(args.init_from, INIT_FROM) else "")
-                        + (f" --out {checkpoint.repo_path(args.out)}" if not _is_default(args.out, BACKBONE) else ""))}
+                        + ("" if scratch else checkpoint.flag_unless_default("--init-from", args.init_from, INIT_FROM))
+                        + checkpoint.flag_unless_default("--out", args.out, BACKBONE))}
     checkpoint.save(model, "tagger-cpu", args.out, meta=meta)
     return meta
 

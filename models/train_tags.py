@@ -30,7 +30,7 @@ import torch
 from . import checkpoint, registry
 from . import tagger  # noqa: F401  (registers the model)
 from .calibration import auroc, bootstrap_ece, ece, reliability_bins, reliability_diagram, top_k_f1, top_k_pairs
-from .label_data import (ALL_CATEGORIES, BACKBONE, NONE_IN, VOCAB, FrozenBackbone, backbone_card_line, backbone_rerun_note, cached,
+from .label_data import (ALL_CATEGORIES, BACKBONE, NONE_IN, VOCAB, FrozenBackbone, backbone_card_line, backbone_command, backbone_rerun_note, cached,
                          composer, features_cached, label_matrix, logits_of, prepare, prepare_outliers, shape_splits,
                          slot_split, train_on_features)
 from shape_library.tag_scenes import scene_set
@@ -221,7 +221,7 @@ def model_card(path: Path, meta: dict, results: dict) -> None:
         f"- Network: {backbone_card_line(meta.get('backbone', {}))} + 256-unit neck + quasibinary head (C_avg, α = 0.1).\n"
         f"- Data: {meta['train_scenes']} composed scenes (0-3 objects, animals and empty scenes as zero-label), seed {meta['seed']}.\n"
         f"- Training: {meta['steps']} steps, batch {meta['batch']}, lr {meta['lr']}, {meta['minutes_per_head']:.1f} min per head on {meta['hardware']}.\n"
-        f"- Commands: `{meta.get('backbone', {}).get('command') or 'python -m models.train_label_backbone --library ' + meta['library']}`, then `{meta['command']}`\n"
+        f"- Commands: `{backbone_command(meta)}`, then `{meta['command']}`\n"
         f"- Held-out metrics: single-label top-1 error {q['single_top1_error']:.3f}, zero-label IN accuracy "
         f"{q['zero_label_in_accuracy']:.3f}, OOD MMC {q['ood_mmc']:.3f}, AUROC {q['ood_auroc']:.3f}, F1 top-4 "
         f"{q['multi_f1_top4']:.3f}, ECE top-4 {q['multi_ece_top4']:.3f} (all heads: docs/eval_tags.md).\n"
@@ -349,7 +349,7 @@ def run(args) -> dict:
             "minutes_per_head": float(np.mean(minutes)) if minutes else 0.0,
             "backbone": backbone.provenance(),
             "command": f"python -m models.train_tags --library {args.library} --scenes {args.scenes} --steps {args.steps} --seed {args.seed}"
-                       + (f" --backbone {checkpoint.repo_path(args.backbone)}" if Path(args.backbone).resolve() != BACKBONE.resolve() else "")}
+                       + checkpoint.flag_unless_default("--backbone", args.backbone, BACKBONE)}
     if not args.no_reports and "quasibinary" in models:
         checkpoint.save(models["quasibinary"], "tagger-cpu", args.out,
                         meta={"none_threshold": meta["none_threshold"], "seed": args.seed, "labels": list(VOCAB)})

@@ -33,3 +33,9 @@ def test_bytes_no_commit_wrote_are_not_traced(in_git, tmp_path):
     other = tmp_path / "other.pt"
     other.write_bytes(b"not a committed network " * 10)
     assert checkpoint.git_commit_holding(other) is None
+
+
+def test_a_card_records_a_path_flag_only_when_it_is_not_the_default():
+    default = checkpoint.WEIGHTS_DIR / "matching.pt"
+    assert checkpoint.flag_unless_default("--init-from", default, default) == ""
+    assert checkpoint.flag_unless_default("--init-from", Path("var/start.pt"), default) == " --init-from var/start.pt"
