@@ -120,6 +120,28 @@ def _ann_from_settings(features, model):
     return AnnIndex(features, emb, checkpoint.file_hash(path), ivf_min_vectors=settings.ann_ivf_min_views, nprobe=settings.ann_nprobe)
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """Shapes of a search's scope: indexed (searchable), in the library, and not indexed yet but on their way."""
+
+    indexed: int
+    total: int
+    coming: int
+
+    @property
+    def complete(self) -> bool:
+        return self.indexed >= self.total
+
+    def notice(self) -> str | None:
+        """What an answer says when it is partial (None when it is not)."""
+        if self.complete:
+            return None
+        why = (f"{self.coming} are still being indexed" if self.coming == self.total - self.indexed
+               else f"{self.total - self.indexed - self.coming} failed to index (see GET /v1/shapes)"
+               + (f" and {self.coming} are still being indexed" if self.coming else ""))
+        return f"only {self.indexed} of the {self.total} shapes asked for are searchable ({why}): the matches come from those only"
+
+
 class SearchEngine:
     def __init__(self, library: ShapeLibrary, features: FeatureIndex, model, device: str = "cpu",
                  no_match_threshold_deg: float | None = None, chunk: int = 4096, ann="auto", ann_min_views="auto",
@@ -147,6 +169,17 @@ class SearchEngine:
     def searchable_shapes(self) -> list:
         """The library's shapes whose views are indexed (what a search can return)."""
         return self._select(None, None)
+
+    def coverage(self, category: str | None = None, shape_ids: list[int] | None = None) -> "Coverage":
+        """How much of the asked scope a search can see now: a search while the view index builds ranks
+        only the indexed shapes, so its answer must say it is partial (and a batch item may wait)."""
+        from .catalog import IndexStatus
+
+        scope = [s for s in self.library.shapes() if (not category or s.category == category)
+                 and (shape_ids is None or s.id in set(shape_ids))]
+        missing = [s for s in scope if not self.views.has(s.id)]
+        coming = sum(1 for s in missing if s.index_status in (IndexStatus.pending.value, IndexStatus.indexing.value))
+        return Coverage(len(scope) - len(missing), len(scope), coming)
 
     def _select(self, category: str | None, shape_ids: list[int] | None) -> list:
         shapes = [s for s in self.library.shapes() if self.views.has(s.id)]

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(15.0, gt=0, description="how often the API looks for lost items (celery executor)")
     visibility_timeout_s: int = Field(3600, ge=1, description="Redis: unacknowledged tasks come back after this long")
     job_max_attempts: int = Field(3, ge=1, le=20, description="tries per item on transient errors, with backoff")
+    job_index_wait_s: float = Field(1800.0, ge=0, description="a search item of a job waits (without using up its "
+                                    "attempts) up to this long after the job was made for shapes still being indexed; "
+                                    "then it answers from the indexed ones, saying so in its result's notice")
     max_job_items: int = Field(10_000, ge=1, description="images per job")
     max_archive_bytes: int = Field(2 * 2**30, ge=1, description="zip size, compressed and uncompressed")
 

@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import trimesh
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -86,6 +87,16 @@ def test_idempotency_key_returns_the_same_job(store):
     assert a == b and created_a and not created_b
 
 
+def test_defer_gives_the_claim_back_without_using_an_attempt(store):
+    jid, _ = store.create("search", [NewItem("a", "a")])
+    t = store.claim(jid, 0, "w", 60)
+    assert store.defer(jid, 0, t, "waiting for the view index")
+    item = store.item(jid, 0)
+    assert item.status == "queued" and item.attempts == 0 and "waiting" in item.error
+    assert not store.defer(jid, 0, t, "again")                       # that claim is gone
+    assert store.claim(jid, 0, "w", 60) == 1                          # the next try is still the first
+
+
 # The driver and the embedded executor ---------------------------------------------------------
 @pytest.fixture()
 def job_env(data_dir, monkeypatch):
@@ -135,6 +146,29 @@ def test_transient_errors_are_retried_with_backoff_and_bad_input_fails_at_once(j
     assert got[1].status == "failed" and got[1].attempts == 1 and "not an image" in got[1].error
     assert got[2].status == "failed" and got[2].attempts == 3 and "after 3 attempts" in got[2].error
     assert got[3].status == "done" and json.loads(got[3].result) == {"ok": 3}
+
+
+def test_an_item_waiting_for_the_index_is_tried_again_without_using_its_attempts(job_env, monkeypatch):
+    from worker.thread_executor import ThreadExecutor
+
+    calls = []
+
+    def waits(job, item):
+        calls.append(item.idx)
+        if len(calls) <= 5:           # more waits than job_max_attempts (3) allows failures
+            raise items.NotReady(0.01, "waiting for the view index: 1 of 2 shapes searchable so far")
+        return {"ok": True}
+
+    monkeypatch.setitem(items.HANDLERS, "search", waits)
+    jid, _ = job_env.create("search", [NewItem("a", "a")])
+    ex = ThreadExecutor(threads=1)
+    ex.start()
+    try:
+        job = _wait(job_env, jid)
+    finally:
+        ex.stop()
+    item = job_env.item(jid, 0)
+    assert job.status == "done" and item.status == "done" and item.attempts == 1 and len(calls) == 6
 
 
 def test_a_restarted_executor_finishes_what_a_crashed_one_left(job_env, monkeypatch):
@@ -238,7 +272,7 @@ def test_batch_upload_checks_every_file_and_the_zip(api):
     assert api.get("/v1/jobs/0123").status_code == 404
 
 
-def test_search_batch_end_to_end_with_results_downloads_and_metrics(api, tmp_path):
+def test_search_batch_end_to_end_with_results_downloads_and_metrics(api, tmp_path, monkeypatch):
     # A mesh upload becomes an indexing job; the batch then searches the indexed shape for real.
     buf = io.BytesIO()
     marked_box().export(buf, file_type="ply")
@@ -294,6 +328,35 @@ def test_search_batch_end_to_end_with_results_downloads_and_metrics(api, tmp_pat
     result = tagged["results"][0]["result"]
     assert "tag_filter" in result and result["tag_filter"] in (None, ["misc"])
     assert result["matches"][0]["shape_id"] == shape["id"]
+
+    # Coverage: with every shape indexed the answer says so; a shape not indexed yet makes a search say it
+    # saw only part of the library, and a batch item wait for it (without using its attempts).
+    photo = [("image", ("p.png", _png(), "image/png"))]
+    r = api.post("/v1/search", files=photo, data={"top_k": "1"}).json()
+    assert (r["indexed_shapes"], r["library_shapes"], r["notice"]) == (1, 1, None)
+    from shape_library.bootstrap import library_from_settings
+    from shape_library.catalog import IndexStatus
+
+    f = tmp_path / "late.ply"
+    trimesh.creation.icosphere(1).export(f)
+    lib = library_from_settings()
+    late = lib.add(f, name="late sphere", category="misc").shape.id     # in the catalog, no views yet
+    r = api.post("/v1/search", files=photo, data={"top_k": "1"}).json()
+    assert (r["indexed_shapes"], r["library_shapes"]) == (1, 2) and "only 1 of the 2 shapes" in r["notice"]
+    assert r["matches"][0]["shape_id"] == shape["id"]
+    monkeypatch.setattr(items, "INDEX_POLL_S", 0.2)
+    jid = api.post("/v1/jobs", files=photo, data={"top_k": "1"}).json()["job_id"]
+    time.sleep(1.5)
+    waiting = api.get(f"/v1/jobs/{jid}").json()
+    assert waiting["status"] != "done" and waiting["results"][0]["attempts"] == 0
+    assert "waiting for the view index" in waiting["results"][0]["error"]
+    lib.set_status(late, IndexStatus.failed)          # it will not come: answer from what is indexed, and say so
+    body = _poll(api, jid)
+    assert body["status"] == "done" and body["results"][0]["attempts"] == 1
+    assert "1 failed to index" in body["results"][0]["result"]["notice"]
+    rows = list(csv.DictReader(api.get(f"/v1/jobs/{jid}/results.csv").text.splitlines()))
+    assert "1 failed to index" in rows[0]["notice"]
+    assert api.delete(f"/v1/shapes/{late}").status_code == 200
 
     thumb = api.get(f"/v1/shapes/{shape['id']}/thumbnail.png")
     assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size == (160, 160)

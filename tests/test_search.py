@@ -109,6 +109,30 @@ def test_index_codes_follow_add_and_remove(setup):
     assert not engine.features.path(sid).exists()
 
 
+def test_coverage_says_when_a_search_sees_only_part_of_the_library(setup):
+    """A shape added but not indexed yet is outside the search: coverage counts it, per scope, and its notice says why."""
+    from shape_library.catalog import IndexStatus
+
+    lib, views, model, engine, tmp = setup
+    assert (engine.coverage().indexed, engine.coverage().total, engine.coverage().notice()) == (3, 3, None)
+    f = tmp / "late.ply"
+    trimesh.creation.icosphere(1).export(f)
+    sid = lib.add(f, name="late", category="misc").shape.id
+    try:
+        cov = engine.coverage()
+        assert (cov.indexed, cov.total, cov.coming, cov.complete) == (3, 4, 1, False)
+        assert "only 3 of the 4 shapes" in cov.notice() and "still being indexed" in cov.notice()
+        assert engine.coverage("other").complete and engine.coverage(None, [1, 2]).complete   # scope: category, ids
+        assert engine.coverage("misc").total == 3 and engine.coverage(None, [sid]).indexed == 0
+        assert engine.search(_photo(), refine=False).candidates == 3 * len(CFG.grid)        # what the notice is about
+        lib.set_status(sid, IndexStatus.failed)
+        cov = engine.coverage()
+        assert cov.coming == 0 and "1 failed to index" in cov.notice()
+    finally:
+        lib.remove(sid)
+    assert engine.coverage().complete
+
+
 def test_codes_persist_and_are_keyed_by_weights(setup):
     lib, views, model, engine, _ = setup
     sid = lib.shapes()[0].id

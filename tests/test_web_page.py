@@ -527,6 +527,33 @@ def test_photo_by_drop_and_paste_and_batch_by_drop(server, driver, files):
     assert not console_errors(driver, ignore_http_errors=True)
 
 
+def test_a_search_while_a_shape_is_not_indexed_says_it_is_partial(server, driver, files, tmp_path):
+    """A shape in the catalog without views (as while the index builds): the page shows the API's notice."""
+    import trimesh
+
+    from shape_library.library import ShapeLibrary
+
+    open_page(driver, server)
+    load_photo(driver, files["photo"])
+    wait(driver, 10).until(lambda d: d.find_element(By.ID, "search-button").is_enabled())
+    driver.find_element(By.ID, "search-button").click()
+    wait(driver, 90).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .match-card"))
+    assert not driver.find_elements(By.ID, "search-notice")            # everything indexed: no notice
+
+    data_dir = Path(httpx.get(f"{server}/healthz", timeout=10).json()["index"]["folder"]).parent
+    mesh = tmp_path / "late.ply"
+    trimesh.creation.icosphere(1).export(mesh)
+    late = ShapeLibrary(data_dir).add(mesh, name="late", category="misc").shape.id
+    try:
+        n = len(api_shapes(server))
+        driver.find_element(By.ID, "search-button").click()
+        notice = wait(driver, 90).until(lambda d: d.find_elements(By.ID, "search-notice"))[0]
+        assert notice.is_displayed() and f"only {n - 1} of the {n} shapes asked for are searchable" in notice.text
+        assert "still being indexed" in notice.text
+    finally:
+        ShapeLibrary(data_dir).remove(late)
+
+
 def test_remove_a_shape_sends_the_api_key(server, driver):
     """Last: it changes the library. The key typed in the header is kept and sent on writes."""
     open_page(driver, server, "library")

@@ -407,6 +407,7 @@
       typeof data.candidates === "number" ? el("span", { class: "muted", text: ` · ${data.candidates.toLocaleString()} candidate views` }) : null,
       el("span", { class: "muted", text: ` · round trip ${elapsed.toFixed(0)} ms` }),
       Array.isArray(data.tag_filter) ? el("span", { class: "muted", id: "tag-filter-used", text: ` · searched: ${data.tag_filter.join(", ")}` }) : null,
+      data.notice ? el("div", { class: "notice", id: "search-notice", role: "status", text: data.notice }) : null,
     ].filter(Boolean));
     summary.hidden = false;
     $("#no-match").hidden = !data.no_match;

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 from shape_library.images import InputRejected, decode_image, parse_bbox
@@ -25,10 +26,22 @@ class PermanentError(Exception):
     """The item cannot succeed however often it is tried (bad input, a removed shape)."""
 
 
+class NotReady(Exception):
+    """The item waits for something on its way (shapes still being indexed): tried again later, no attempt used."""
+
+    def __init__(self, delay: float, reason: str):
+        super().__init__(reason)
+        self.delay = delay
+
+
 class RetryLater(Exception):
     def __init__(self, delay: float, reason: str):
         super().__init__(reason)
         self.delay = delay
+
+
+#: How soon a search item waiting for the view index looks again, seconds.
+INDEX_POLL_S = 15.0
 
 
 def worker_name() -> str:
@@ -62,6 +75,10 @@ def search_item(job: Job, item: Item) -> dict:
     if engine is None:
         raise PermanentError(f"matching weights not found at {settings.matching_weights}")
     shape_ids, searched_cats = params.get("shape_ids"), None
+    cov = engine.coverage(params.get("category"), shape_ids)
+    if cov.coming and time.time() - (job.created_at or 0.0) < settings.job_index_wait_s:
+        # A fresh install (or a bulk import) is still indexing: wait for it rather than record a partial answer.
+        raise NotReady(INDEX_POLL_S, f"waiting for the view index: {cov.indexed} of {cov.total} shapes searchable so far")
     if params.get("tag_filter") and not params.get("category"):
         shape_ids, searched_cats = warm_engine.tag_filtered_ids(engine.searchable_shapes(), image, box, shape_ids)
     with warm_engine.lock:
@@ -75,13 +92,12 @@ def search_item(job: Job, item: Item) -> dict:
             "no_match_reason": "tagger" if tag_none else ("score" if result.no_match else None),
             "category_probability": tag_top, "tag_filter": searched_cats,
             "photo_box": [float(v) for v in result.photo_box], "candidates": result.candidates,
-            "timing_ms": result.timing_ms, "bbox": list(box) if box else None}
+            "timing_ms": result.timing_ms, "bbox": list(box) if box else None,
+            "indexed_shapes": cov.indexed, "library_shapes": cov.total, "notice": cov.notice()}
 
 
 def index_item(job: Job, item: Item) -> dict:
     """Render the shape's grid views and their codes; a re-index renders them again."""
-    import time
-
     from shape_library import warm_engine
     from shape_library.atomic import IndexWriteError
     from shape_library.bootstrap import library_from_settings, view_index_from_settings
@@ -129,6 +145,9 @@ def process(job_id: str, idx: int, worker: str | None = None) -> str:
     except (InputRejected, PermanentError) as exc:
         jobs.finish(job_id, idx, token, error=str(exc))
         return "failed"
+    except NotReady as wait:
+        jobs.defer(job_id, idx, token, str(wait))
+        raise RetryLater(wait.delay, str(wait)) from wait
     except Exception as exc:  # transient until proven otherwise: retried with backoff
         reason = f"{type(exc).__name__}: {exc}"
         if token >= settings.job_max_attempts:

@@ -209,6 +209,16 @@ class JobStore:
                             .values(status="queued", lease_until=None, error=error, enqueued_at=time.time()))
             return res.rowcount == 1
 
+    def defer(self, job_id: str, idx: int, token: int, reason: str) -> bool:
+        """Give a claim back without counting it as an attempt: the item waited for something that is
+        on its way (shapes being indexed), it did not fail."""
+        with self.session() as s, s.begin():
+            res = s.execute(update(Item).where(Item.job_id == job_id, Item.idx == idx, Item.status == "running",
+                                               Item.attempts == token)
+                            .values(status="queued", attempts=Item.attempts - 1, lease_until=None, error=reason,
+                                    enqueued_at=time.time()))
+            return res.rowcount == 1
+
     def _close_if_finished(self, job_id: str) -> None:
         now = time.time()
         with self.session() as s, s.begin():

@@ -226,7 +226,7 @@ def _num(v) -> str:
 
 
 CSV_FIELDS = ["index", "name", "status", "error", "rank", "shape_id", "category", "shape_name",
-              "azimuth", "elevation", "theta", "score", "raw_score", "matcher_score", "prior_deg", "prior_weight", "no_match"]
+              "azimuth", "elevation", "theta", "score", "raw_score", "matcher_score", "prior_deg", "prior_weight", "no_match", "notice"]
 
 
 @router.get("/{job_id}/results.csv", summary="All results as CSV: one row per item and match")
@@ -248,6 +248,6 @@ def results_csv(job_id: JobId) -> Response:
                         "raw_score": _num(m.get("raw_score")),
                         "matcher_score": _num(m.get("matcher_score")), "prior_deg": _num(m.get("prior_deg")),
                         "prior_weight": _num(m.get("prior_weight")),
-                        "no_match": it.result.get("no_match")})
+                        "no_match": it.result.get("no_match"), "notice": it.result.get("notice") or ""})
     return Response(buf.getvalue(), media_type="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="job-{job_id}.csv"'})

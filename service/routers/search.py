@@ -53,6 +53,11 @@ class SearchOut(BaseModel):
     stage: str = Field("exhaustive", description="'exhaustive' (every candidate scored) or 'ann' (FAISS top-N re-ranked exactly)")
     photo_box: list[float] = Field(description="square box of the photo the network saw, pixels")
     overlay_png: str | None = Field(None, description="data URL of the best match blended onto the photo (overlay=true)")
+    indexed_shapes: int | None = Field(None, description="shapes of the asked scope (category, shape_ids) whose views are "
+                                       "indexed: the matches come from these only")
+    library_shapes: int | None = Field(None, description="shapes of the asked scope in the library; more than "
+                                       "indexed_shapes while the view index builds")
+    notice: str | None = Field(None, description="why the answer may be incomplete (some shapes of the scope not indexed yet)")
 
     model_config = {"json_schema_extra": {"examples": [{
         "matches": [{"shape_id": 12, "category": "car", "name": "sedan", "azimuth": 42.1, "elevation": 8.2, "theta": 0.0,
@@ -132,7 +137,7 @@ def _run(image_bytes: bytes, bbox, category, shape_ids, top_k: int, refine: bool
     if consult_tagger:
         with heavy():
             none, top = warm_engine.tagger_verdict(engine.library, img, box, category, ids)
-    return engine, img, result, (none, top, bundle, searched_cats)
+    return engine, img, result, (none, top, bundle, searched_cats, engine.coverage(category or None, user_ids))
 
 
 @router.post("", response_model=SearchOut, responses={413: {"model": ErrorOut}, 415: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
@@ -156,7 +161,7 @@ async def search(
     data = await read_upload(image, get_settings().max_upload_bytes)
     from starlette.concurrency import run_in_threadpool
 
-    engine, img, result, (tag_none, tag_top, bundle, searched_cats) = await run_in_threadpool(
+    engine, img, result, (tag_none, tag_top, bundle, searched_cats, cov) = await run_in_threadpool(
         _run, data, bbox, category, shape_ids, top_k, refine, prior, bundle_tradeoff, True, tag_filter)
     matches = [MatchOut(**m.as_dict()) for m in result.matches]
     if overlay:
@@ -172,7 +177,8 @@ async def search(
     return SearchOut(matches=matches, no_match=result.no_match or tag_none, no_match_reason=reason,
                      category_probability=tag_top, bundle=bundle, tag_filter=searched_cats,
                      no_match_threshold=engine.no_match_threshold_deg, timing_ms=result.timing_ms, candidates=result.candidates,
-                     stage=result.stage, photo_box=[float(v) for v in result.photo_box], overlay_png=png)
+                     stage=result.stage, photo_box=[float(v) for v in result.photo_box], overlay_png=png,
+                     indexed_shapes=cov.indexed, library_shapes=cov.total, notice=cov.notice())
 
 
 @router.post("/overlay.png", response_class=Response, responses={200: {"content": {"image/png": {}}}, 422: {"model": ErrorOut}},
