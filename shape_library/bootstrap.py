@@ -79,4 +79,4 @@ def build_index_and_codes(settings: Settings, views: ViewIndex, on_shape=None, p
         if on_shape:
             on_shape(done, total)
 
-    views.sync(progress=progress, on_shape=shape_done)
+    views.sync(progress=progress, on_shape=shape_done, workers=settings.index_worker_count())

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
 
     # Service.
     index_on_start: bool = Field(True, description="build missing view index and codes in the background on start")
+    index_workers: int = Field(0, ge=0, le=64, description="processes rendering the missing views on start "
+                               "(0: one per CPU core, at most 8; 1: in the API process)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
@@ -148,6 +150,13 @@ class Settings(BaseSettings):
     @property
     def result_backend(self) -> str:
         return self.redis_url or f"db+sqlite:///{self.data_dir / 'celery-results.sqlite'}"
+
+    def index_worker_count(self) -> int:
+        """Render processes for a build of several shapes: a fresh install is searchable sooner (one process
+        renders about 190 views/s on 2 cores, two 340: docs/benchmarks.md)."""
+        import os
+
+        return self.index_workers or max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
     def torch_device(self) -> str:
         if self.device != "auto":

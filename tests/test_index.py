@@ -135,3 +135,24 @@ def test_building_in_worker_processes_gives_the_same_files(tmp_path):
         a, b = serial.load(s.id), pooled.load(s.id)
         assert np.array_equal(a.crops, b.crops) and np.array_equal(a.boxes, b.boxes)
     assert pooled.sync(progress=False, workers=2) == []
+
+
+def test_the_start_up_build_renders_in_as_many_processes_as_the_settings_say(monkeypatch):
+    """A fresh install renders its library in a process pool (one per core by default), not in the API process."""
+    from shape_library import bootstrap
+    from shape_library.settings import Settings
+
+    assert 1 <= Settings(index_workers=0).index_worker_count() <= 8
+    assert Settings(index_workers=3).index_worker_count() == 3
+    seen = {}
+
+    class Views:
+        library = None
+
+        def sync(self, progress=True, on_shape=None, workers=1):
+            seen["workers"] = workers
+            return []
+
+    monkeypatch.setattr(bootstrap, "feature_index_from_settings", lambda settings, views: None)
+    bootstrap.build_index_and_codes(Settings(index_workers=5), Views(), progress=False)
+    assert seen["workers"] == 5
