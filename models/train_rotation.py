@@ -91,11 +91,9 @@ def inplane_augment(normals: np.ndarray, rotations: np.ndarray, rng: np.random.G
     renderer frames the shape's bounding sphere, so nothing of it is cut off.
     """
     phi = rng.uniform(-180.0, 180.0, len(normals))
-    out = np.empty(normals.shape[:3], np.uint8)
-    for i, (n, p) in enumerate(zip(normals, phi)):
-        turned = turn_normal_map(n, float(p)) / 127.0
-        mask = np.abs(turned).sum(-1) > 0
-        out[i] = grey_on_white(shade(turned, mask), mask)
+    turned = turn_normal_map(normals, phi) / 127.0        # the whole batch at once
+    mask = np.abs(turned).sum(-1) > 0
+    out = grey_on_white(shade(turned, mask), mask)
     c, s = np.cos(np.deg2rad(phi)), np.sin(np.deg2rad(phi))
     Rz = np.zeros((len(phi), 3, 3), np.float32)
     Rz[:, 0, 0], Rz[:, 0, 1], Rz[:, 1, 0], Rz[:, 1, 1], Rz[:, 2, 2] = c, -s, s, c, 1.0

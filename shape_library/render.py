@@ -207,23 +207,30 @@ class Renderer:
         return RenderResult(color, mask, depth.astype(np.float32), n_cam, s, (azimuth, elevation, theta, distance), K)
 
 
-def turn_normal_map(normals: np.ndarray, phi: float) -> np.ndarray:
+def turn_normal_map(normals: np.ndarray, phi) -> np.ndarray:
     """The camera-frame normal map of the view at in-plane angle theta + phi, from the one at theta.
 
     R(a, e, theta + phi) = Rz(phi) R(a, e, theta): the camera turns about its optical axis (the
     principal point is the image centre), so the map turns by phi and every normal by Rz(phi).
     Shading it again with `shade` keeps the lights where they are in the camera frame, which turning
     the grey picture would not. Nearest-neighbour, so normals are never blended; zero (background)
-    outside the source.
+    outside the source. Batched: (..., H, W, 3) maps and phi of shape (...) (or one angle for all),
+    degrees.
     """
-    H, W = normals.shape[:2]
-    c, s = np.cos(np.deg2rad(phi)), np.sin(np.deg2rad(phi))
+    normals = np.asarray(normals)
+    H, W = normals.shape[-3:-1]
+    lead = normals.shape[:-3]
+    phi = np.broadcast_to(np.asarray(phi, np.float64), lead)
+    c = np.cos(np.deg2rad(phi))[..., None, None]
+    s = np.sin(np.deg2rad(phi))[..., None, None]
     x, y = np.meshgrid(np.arange(W, dtype=np.float32) + 0.5 - W / 2.0, -(np.arange(H, dtype=np.float32) + 0.5 - H / 2.0))
     # the source of each output pixel: its point turned back by -phi (camera plane, y up)
     su = np.rint(c * x + s * y + W / 2.0 - 0.5).astype(np.int64)
     sv = np.rint(s * x - c * y + H / 2.0 - 0.5).astype(np.int64)
     inside = (su >= 0) & (su < W) & (sv >= 0) & (sv < H)
-    n = normals[np.clip(sv, 0, H - 1), np.clip(su, 0, W - 1)].astype(np.float32) * inside[..., None]
+    flat = normals.reshape((-1, H * W, 3))
+    src = (np.clip(sv, 0, H - 1) * W + np.clip(su, 0, W - 1)).reshape((-1, H * W))
+    n = np.take_along_axis(flat, src[..., None], axis=1).reshape(lead + (H, W, 3)).astype(np.float32) * inside[..., None]
     return np.stack([c * n[..., 0] - s * n[..., 1], s * n[..., 0] + c * n[..., 1], n[..., 2]], -1)
 
 

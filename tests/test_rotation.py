@@ -88,6 +88,19 @@ def test_turn_normal_map_quarter_turns_are_exact():
     assert np.allclose(turn_normal_map(q, 90.0), turn_normal_map(n, 180.0), atol=1e-5)
 
 
+def test_turn_normal_map_batched_equals_one_map_at_a_time():
+    from shape_library.render import turn_normal_map
+
+    rng = np.random.default_rng(1)
+    maps = rng.integers(-127, 128, (5, 12, 10, 3)).astype(np.int8)
+    phi = rng.uniform(-180, 180, 5)
+    batched = turn_normal_map(maps, phi)
+    assert batched.shape == maps.shape
+    for m, p, b in zip(maps, phi, batched):
+        assert np.array_equal(turn_normal_map(m, float(p)), b)
+    assert np.array_equal(turn_normal_map(maps, 30.0)[2], turn_normal_map(maps[2], 30.0))   # one angle for all
+
+
 @pytest.mark.parametrize("head", ["exp", "direct"])
 def test_a_tiny_model_learns_rotations_of_one_shape(one_shape, head):
     """Camera going round the shape (azimuth free, a little elevation): the full quaternion head learns it."""
