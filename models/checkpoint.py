@@ -53,6 +53,12 @@ def git_commit_of(path: Path) -> str | None:
     return out.stdout.strip() or None
 
 
+def git_commit_for(path: Path, tracked: str = "models/weights/matching.pt") -> str | None:
+    """Where a start file's exact bytes can be got back from: the commit that last wrote it when it is a
+    clean tracked file, else the commit that wrote those bytes to `tracked` (a copy taken out with `git show`)."""
+    return git_commit_of(path) or git_commit_holding(path, tracked)
+
+
 def git_commit_holding(path: Path, tracked: str = "models/weights/matching.pt") -> str | None:
     """The commit that wrote these exact bytes to `tracked` (e.g. an older matching.pt taken out with
     `git show`), so a network started from a copy still names where its start came from; None when no

@@ -249,7 +249,7 @@ def run(args) -> dict:
             "heldout_shapes": len(heldout_ids), "categories": list(CATEGORIES), "library": str(args.library),
             "init_from": checkpoint.repo_path(args.init_from),
             "init_from_sha": checkpoint.file_hash(args.init_from) if args.init_from.is_file() else None,
-            "init_from_commit": checkpoint.git_commit_of(args.init_from) if args.init_from.is_file() else None,
+            "init_from_commit": checkpoint.git_commit_for(args.init_from) if args.init_from.is_file() else None,
             "hardware": hardware_name(training_device(args)),
             "minutes_per_head": float(np.mean(minutes)),
             "command": f"python -m models.train_viewpoint --library {args.library} --photos {args.photos} "

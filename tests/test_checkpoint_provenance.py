@@ -29,6 +29,17 @@ def test_a_copy_of_a_committed_matching_pt_is_traced_to_a_commit_holding_those_b
     assert _git("rev-parse", f"{commit}:models/weights/matching.pt").stdout.strip() == blob
 
 
+def test_git_commit_for_finds_both_a_tracked_file_and_a_copy_of_it(in_git, tmp_path):
+    tracked = checkpoint.WEIGHTS_DIR / "matching.pt"
+    if _git("status", "--porcelain", "--", str(tracked)).stdout.strip():
+        pytest.skip("matching.pt has uncommitted changes")
+    assert checkpoint.git_commit_for(tracked) == checkpoint.git_commit_of(tracked) is not None
+    copy = tmp_path / "start.pt"
+    copy.write_bytes(tracked.read_bytes())
+    assert checkpoint.git_commit_of(copy) is None                      # outside the repository
+    assert checkpoint.git_commit_for(copy) == checkpoint.git_commit_holding(copy) is not None
+
+
 def test_bytes_no_commit_wrote_are_not_traced(in_git, tmp_path):
     other = tmp_path / "other.pt"
     other.write_bytes(b"not a committed network " * 10)
