@@ -71,6 +71,23 @@ def prepare_outliers(data_dir: Path, n: int, seed: int = 0, per_shape: int = 20,
     return bank
 
 
+#: Stretched copies of training shapes in a merged sprite bank have their shape's id plus this.
+STRETCH_ID_OFFSET = 2_000_000
+
+
+def prepare_stretched(data_dir: Path, library: ShapeLibrary, per_shape: int, scale: tuple[float, float], seed: int = 0,
+                      size: int = 96, progress: bool = True) -> SpriteBank:
+    """Sprites of the tag experiments' training shapes (vocabulary and animals) with their meshes
+    stretched per axis: more proportions than the ~80 training shapes have. Training scenes only."""
+    train_ids, _ = shape_splits(library, seed)
+    ids = sorted(s.id for s in library.shapes() if s.id in train_ids and s.category in VOCAB + NONE_IN)
+    lo, hi = scale
+    bank = build_sprite_bank(library, ids, per_shape, seed + 11, size, progress=progress, shape_scale=(lo, hi),
+                             cache=data_dir / f"stretched-sprites-{seed}-{per_shape}-{size}-{len(ids)}-s{round(100 * lo)}-{round(100 * hi)}.npz")
+    bank.shape_ids = bank.shape_ids + STRETCH_ID_OFFSET
+    return bank
+
+
 def label_matrix(bank: SpriteBank, rows: list[list[int]], labels: Sequence[str], by: str = "category") -> np.ndarray:
     """Multi-hot (n, K): a scene holds label k when one of its visible sprites has it."""
     index = {lab: i for i, lab in enumerate(labels)}

@@ -31,7 +31,7 @@ from . import checkpoint, registry
 from . import tagger  # noqa: F401  (registers the model)
 from .calibration import auroc, bootstrap_ece, ece, reliability_bins, reliability_diagram, top_k_f1, top_k_pairs
 from .label_data import (ALL_CATEGORIES, BACKBONE, NONE_IN, VOCAB, FrozenBackbone, backbone_card_line, backbone_command, backbone_rerun_note, cached,
-                         composer, features_cached, label_matrix, logits_of, prepare, prepare_outliers, shape_splits,
+                         composer, features_cached, label_matrix, logits_of, prepare, prepare_outliers, prepare_stretched, shape_splits,
                          slot_split, train_on_features)
 from shape_library.tag_scenes import scene_set
 
@@ -46,7 +46,7 @@ NAMES = {NO_OE: "quasibinary without outlier exposure (ablation)", "quasibinary"
          "softmax-t": "softmax + temperature"}
 
 
-def scene_sets(bank, library, args, setting: str = "category", outliers=None
+def scene_sets(bank, library, args, setting: str = "category", outliers=None, stretched=None
                ) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
     """Train / val / test scene sets (images and multi-hot labels, cached) and the label names.
 
@@ -54,17 +54,26 @@ def scene_sets(bank, library, args, setting: str = "category", outliers=None
     setting "shape": every shape of those categories is a label of its own (fine-grained), test
     scenes show the same shapes through unseen sprites.  `outliers` (a sprite bank of generic
     shapes) adds unlabelled outlier objects to training and validation scenes at
-    `args.outlier_share` of the objects (outlier exposure); test scenes are the same either way."""
+    `args.outlier_share` of the objects (outlier exposure); test scenes are the same either way.
+    `stretched` (sprites of stretched training shapes, `label_data.prepare_stretched`) joins the
+    training scenes' pools of the category setting, labelled by category; validation and test scenes
+    are the same either way."""
     n_main = len(bank.shape_ids)
+    main_slots = slot_split(int(bank.slot.max()) + 1)
     share = args.outlier_share if outliers is not None else 0.0
     if outliers is not None:
         bank = bank.concat(outliers)
+    n_out = len(bank.shape_ids)
+    if stretched is not None and setting == "category":
+        bank = bank.concat(stretched)
+    else:
+        stretched = None
     train_ids, held_ids = shape_splits(library, args.seed)
     cat = bank.categories
     vocab, none_in = np.isin(cat, VOCAB), np.isin(cat, NONE_IN)
     ood = ~(vocab | none_in)
     train_shape = np.isin(bank.shape_ids, list(train_ids))
-    train_slots, val_slots, test_slots = slot_split(int(bank.slot.max()) + 1)
+    train_slots, val_slots, test_slots = main_slots
     slot_train, slot_val = np.isin(bank.slot, list(train_slots)), np.isin(bank.slot, list(val_slots))
     slot_test = np.isin(bank.slot, list(test_slots))
     rows = lambda m: np.nonzero(m)[0]  # noqa: E731
@@ -80,12 +89,21 @@ def scene_sets(bank, library, args, setting: str = "category", outliers=None
     else:
         raise ValueError(f"unknown setting {setting!r}")
     ood[n_main:] = False
+    is_stretched = np.arange(len(bank.shape_ids)) >= n_out
+    slot_train &= ~is_stretched
+    slot_val &= ~is_stretched
+    slot_test &= ~is_stretched
     pools = {
         "train": {"vocab": rows(vocab & seen & slot_train), "none": rows(none_in & train_shape & slot_train)},
         "val": {"vocab": rows(vocab & seen & slot_val), "none": rows(none_in & train_shape & slot_val)},
         "test": {"vocab": rows(vocab & unseen & slot_test), "none": rows(none_in & ~train_shape & slot_test),
                  "ood": rows(ood & slot_test)},
     }
+    st = ""
+    if stretched is not None:
+        pools["train"]["vocab"] = np.concatenate([pools["train"]["vocab"], rows(vocab & is_stretched)])
+        pools["train"]["none"] = np.concatenate([pools["train"]["none"], rows(none_in & is_stretched)])
+        st = f"-st{len(np.unique(stretched.shape_ids))}x{int(stretched.slot.max()) + 1}"
     mix = {"vocab": 0.85, "none": 0.15}
     oe = ""
     if share > 0:
@@ -112,7 +130,7 @@ def scene_sets(bank, library, args, setting: str = "category", outliers=None
             n_obj = np.array([len(k) for k in kept])
             return {"images": images, "labels": label_matrix(bank, kept, labels, by=by), "objects": n_obj,
                     "categories": label_matrix(bank, kept, OOD_CATEGORIES)}
-        key = oe if name in ("train", "val") else ""
+        key = (oe + (st if name == "train" else "")) if name in ("train", "val") else ""
         out[name] = cached(args.data_dir / f"tagscenes-{name}-{args.seed}-{count_n}-{args.size}-{n_main}{suffix}{key}.npz", build,
                            required=("categories",) if name == "ood" else ())
     if setting == "shape":
@@ -167,7 +185,8 @@ def _ece_lead(q: dict) -> str:
     if not share:
         return ""
     parts = ", ".join(f"{NAMES[k]} {100 * v:.0f} %" for k, v in share.items())
-    return (f"ECE ± its bootstrap standard error (1000 resamples of the test scenes); the quasibinary head's ECE is "
+    n = q.get("ece_resamples", 1000)   # results written before it was recorded used the default, 1000
+    return (f"ECE ± its bootstrap standard error ({n} resamples of the test scenes); the quasibinary head's ECE is "
             f"below the baseline's in this share of the paired resamples: {parts} (a lead is clear above about 95 %).\n")
 
 
@@ -247,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outliers", type=int, default=0,
                    help="generic outlier shapes (shape_library.outliers) added unlabelled to training scenes")
     p.add_argument("--outlier-share", type=float, default=0.15, help="share of training objects that are outliers")
+    p.add_argument("--stretched-sprites", type=int, default=0,
+                   help="sprites per training shape of its mesh stretched per axis (--shape-scale), added to the training scenes")
+    p.add_argument("--shape-scale", type=float, nargs=2, default=(0.75, 1.33), metavar=("LO", "HI"))
     p.add_argument("--heads", default=",".join(KINDS))
     p.add_argument("--settings", default="category,shape", help="label settings: category, shape (fine-grained)")
     p.add_argument("--threads", type=int, default=0)
@@ -299,15 +321,16 @@ def add_ece_uncertainty(results: dict, multi: dict[str, np.ndarray], labels: np.
     if "quasibinary" in boot:
         results["quasibinary"]["metrics"]["ece_below_share"] = {
             k: float((boot["quasibinary"] < b).mean()) for k, b in boot.items() if k != "quasibinary"}
+        results["quasibinary"]["metrics"]["ece_resamples"] = n
     print("ECE bootstrap", json.dumps({k: {"se": round(r["metrics"]["multi_ece_top4_se"], 4),
                                            **({"quasibinary_below": r["metrics"]["ece_below_share"]} if "ece_below_share" in r["metrics"] else {})}
                                        for k, r in results.items() if "multi_ece_top4_se" in r["metrics"]}))
 
 
-def compare(setting: str, bank, library, backbone, args, outliers=None) -> tuple[dict, dict, list[float], list[str]]:
+def compare(setting: str, bank, library, backbone, args, outliers=None, stretched=None) -> tuple[dict, dict, list[float], list[str]]:
     """Train and evaluate every head of `args.heads` in one label setting.  With outliers, the
     category setting also trains the quasibinary head without them (the ablation row)."""
-    sets, names = scene_sets(bank, library, args, setting, outliers)
+    sets, names = scene_sets(bank, library, args, setting, outliers, stretched)
     tag = "tags" if setting == "category" else f"tags-{setting}"
     feats = {k: features_cached(backbone, v["images"], args.data_dir, f"{tag}-{k}") for k, v in sets.items()}
     labels = {k: v["labels"] for k, v in sets.items()}
@@ -337,7 +360,9 @@ def run(args) -> dict:
         check_shipped_backbone(args.out, backbone.provenance(), args.replace_backbone)
     outliers = (prepare_outliers(args.data_dir, args.outliers, args.seed, progress=not args.quiet)
                 if args.outliers else None)
-    results, models, minutes, _ = compare("category", bank, library, backbone, args, outliers)
+    stretched = (prepare_stretched(args.data_dir, library, args.stretched_sprites, tuple(args.shape_scale), args.seed,
+                                   progress=not args.quiet) if args.stretched_sprites else None)
+    results, models, minutes, _ = compare("category", bank, library, backbone, args, outliers, stretched)
     fine, fine_names = {}, []
     if "shape" in args.settings.split(","):
         fine, _, _, fine_names = compare("shape", bank, library, backbone, args, outliers)
@@ -348,7 +373,10 @@ def run(args) -> dict:
             "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
             "minutes_per_head": float(np.mean(minutes)) if minutes else 0.0,
             "backbone": backbone.provenance(),
+            "stretched_sprites": args.stretched_sprites, "shape_scale": list(args.shape_scale) if args.stretched_sprites else None,
             "command": f"python -m models.train_tags --library {args.library} --scenes {args.scenes} --steps {args.steps} --seed {args.seed}"
+                       + (f" --stretched-sprites {args.stretched_sprites} --shape-scale {args.shape_scale[0]:g} {args.shape_scale[1]:g}"
+                          if args.stretched_sprites else "")
                        + checkpoint.flag_unless_default("--backbone", args.backbone, BACKBONE)}
     if not args.no_reports and "quasibinary" in models:
         checkpoint.save(models["quasibinary"], "tagger-cpu", args.out,

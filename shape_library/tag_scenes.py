@@ -70,12 +70,14 @@ class SpriteBank:
 
 
 def build_sprite_bank(library, shape_ids: Sequence[int], per_shape: int, seed: int = 0, size: int = 96,
-                      cache: Path | None = None, progress: bool = True) -> SpriteBank:
-    """Render `per_shape` sprites of every shape (cached in `cache` when given)."""
+                      cache: Path | None = None, progress: bool = True,
+                      shape_scale: tuple[float, float] | None = None) -> SpriteBank:
+    """Render `per_shape` sprites of every shape (cached in `cache` when given); with `shape_scale`,
+    each sprite's mesh stretched per axis by factors drawn from that range (`SyntheticConfig.shape_scale`)."""
     if cache is not None and Path(cache).is_file():
         return SpriteBank.load(Path(cache))
     ids = [int(s) for s in shape_ids]
-    cfg = SyntheticConfig(**SPRITE_CONFIG).with_size(size)
+    cfg = SyntheticConfig(**SPRITE_CONFIG, shape_scale=shape_scale).with_size(size)
     n = len(ids) * per_shape
     rgba = np.zeros((n, size, size, 4), np.uint8)
     boxes = np.zeros((n, 4), np.float32)

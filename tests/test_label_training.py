@@ -100,6 +100,30 @@ def test_outlier_exposure_changes_training_scenes_only(tiny):
     assert (oe["ood"]["categories"][has].sum(1) >= 1).all()
 
 
+def test_stretched_training_shapes_join_the_training_scenes_only(tiny):
+    from models import train_tags
+    from models.label_data import STRETCH_ID_OFFSET, prepare, prepare_stretched, shape_splits
+
+    args = train_tags.build_parser().parse_args([
+        "--data-dir", str(tiny), "--scenes", "400", "--test-scenes", "60", "--sprites-per-shape", "10", "--quiet"])
+    library, bank = prepare(tiny, None, 0, 10, progress=False)
+    st = prepare_stretched(tiny, library, 4, (0.6, 1.6), 0, progress=False)
+    train_ids, _ = shape_splits(library, 0)
+    assert set(st.shape_ids - STRETCH_ID_OFFSET) == set(train_ids)       # training shapes only, categories kept
+    cats = {s.id: s.category for s in library.shapes()}
+    assert all(cats[int(i) - STRETCH_ID_OFFSET] == c for i, c in zip(st.shape_ids, st.categories))
+    base = bank.select(shape_ids=[int(st.shape_ids[0]) - STRETCH_ID_OFFSET])[0]
+    assert not np.array_equal(bank.rgba[base], st.rgba[0])              # a different (stretched) sprite
+    plain, _ = train_tags.scene_sets(bank, library, args, "category")
+    more, _ = train_tags.scene_sets(bank, library, args, "category", stretched=st)
+    for name in ("val", "single", "multi", "zero_in", "ood"):
+        assert np.array_equal(plain[name]["images"], more[name]["images"]), name
+    assert not np.array_equal(plain["train"]["images"], more["train"]["images"])
+    assert more["train"]["labels"].sum() > 0
+    fine, _ = train_tags.scene_sets(bank, library, args, "shape", stretched=st)    # shape labels: not used
+    assert np.array_equal(fine["train"]["images"], train_tags.scene_sets(bank, library, args, "shape")[0]["train"]["images"])
+
+
 def test_tag_report_lists_ood_categories_and_judges_against_the_baselines_only(tmp_path):
     from models import train_tags
 
