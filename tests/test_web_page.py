@@ -452,6 +452,8 @@ def test_batch_job_progress_and_results(server, driver, files):
     assert sorted(req["fields"]["image"]) == sorted(f"file:{p.name}" for p in paths)
     assert req["fields"]["kind"] == ["search"] and req["fields"]["top_k"] == ["5"] and req["fields"]["tag_filter"] == ["true"]
     assert httpx.get(f"{server}/v1/jobs/{job_id}", timeout=30).json()["params"]["tag_filter"] is True
+    polls = requests_to(driver, f"/v1/jobs/{job_id}", "GET")
+    assert polls and all(r["url"].endswith("?limit=200") for r in polls)     # not every result of a big job each second
     rows = driver.find_elements(By.CSS_SELECTOR, "#job-items tr")
     assert len(rows) == 3
     names = {s["name"] for s in api_shapes(server)}

@@ -789,6 +789,9 @@
 
   // ================================================================== BATCH
   const TERMINAL = new Set(["done", "failed", "cancelled"]);
+  // Rows the batch view shows (and asks the API for on each poll): a 10,000-image job is followed
+  // without fetching and redrawing every result each second; the downloads hold all of them.
+  const JOB_ROWS = 200;
   const batch = { files: [], archive: null, jobId: null, timer: null, token: 0 };
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -878,7 +881,7 @@
       if (token !== batch.token) return;
       let job;
       try {
-        job = await api("GET", `/v1/jobs/${encodeURIComponent(jobId)}`);
+        job = await api("GET", `/v1/jobs/${encodeURIComponent(jobId)}?limit=${JOB_ROWS}`);
       } catch (err) {
         if (token !== batch.token) return;
         $("#job-error").hidden = false;
@@ -916,8 +919,7 @@
     $("#job-error").hidden = !job.error;
     $("#job-error").textContent = job.error ? `Job error: ${job.error}` : "";
     if (!Array.isArray(job.results)) return;
-    const LIMIT = 1000;
-    const rows = job.results.slice(0, LIMIT).map((it) => {
+    const rows = job.results.slice(0, JOB_ROWS).map((it) => {
       const res = it.result || {};
       const best = Array.isArray(res.matches) && res.matches.length ? res.matches[0] : null;
       let scoreCell;
