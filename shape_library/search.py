@@ -175,8 +175,9 @@ class SearchEngine:
         only the indexed shapes, so its answer must say it is partial (and a batch item may wait)."""
         from .catalog import IndexStatus
 
+        wanted = None if shape_ids is None else set(shape_ids)
         scope = [s for s in self.library.shapes() if (not category or s.category == category)
-                 and (shape_ids is None or s.id in set(shape_ids))]
+                 and (wanted is None or s.id in wanted)]
         missing = [s for s in scope if not self.views.has(s.id)]
         coming = sum(1 for s in missing if s.index_status in (IndexStatus.pending.value, IndexStatus.indexing.value))
         return Coverage(len(scope) - len(missing), len(scope), coming)

@@ -26,18 +26,14 @@ class PermanentError(Exception):
     """The item cannot succeed however often it is tried (bad input, a removed shape)."""
 
 
-class NotReady(Exception):
-    """The item waits for something on its way (shapes still being indexed): tried again later, no attempt used."""
-
-    def __init__(self, delay: float, reason: str):
-        super().__init__(reason)
-        self.delay = delay
-
-
 class RetryLater(Exception):
     def __init__(self, delay: float, reason: str):
         super().__init__(reason)
         self.delay = delay
+
+
+class NotReady(RetryLater):
+    """The item waits for something on its way (shapes still being indexed): tried again later, no attempt used."""
 
 
 #: How soon a search item waiting for the view index looks again, seconds.
@@ -147,7 +143,7 @@ def process(job_id: str, idx: int, worker: str | None = None) -> str:
         return "failed"
     except NotReady as wait:
         jobs.defer(job_id, idx, token, str(wait))
-        raise RetryLater(wait.delay, str(wait)) from wait
+        raise
     except Exception as exc:  # transient until proven otherwise: retried with backoff
         reason = f"{type(exc).__name__}: {exc}"
         if token >= settings.job_max_attempts:
