@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--per-shape-train", type=int, default=100)
     p.add_argument("--per-shape-test", type=int, default=4)
-    p.add_argument("--steps", type=int, default=12000)
+    p.add_argument("--steps", type=int, default=24000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
