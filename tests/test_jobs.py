@@ -87,13 +87,13 @@ def test_idempotency_key_returns_the_same_job(store):
     assert a == b and created_a and not created_b
 
 
-def test_defer_gives_the_claim_back_without_using_an_attempt(store):
+def test_an_uncounted_release_gives_the_claim_back_without_using_an_attempt(store):
     jid, _ = store.create("search", [NewItem("a", "a")])
     t = store.claim(jid, 0, "w", 60)
-    assert store.defer(jid, 0, t, "waiting for the view index")
+    assert store.release(jid, 0, t, "waiting for the view index", counted=False)
     item = store.item(jid, 0)
     assert item.status == "queued" and item.attempts == 0 and "waiting" in item.error
-    assert not store.defer(jid, 0, t, "again")                       # that claim is gone
+    assert not store.release(jid, 0, t, "again", counted=False)      # that claim is gone
     assert store.claim(jid, 0, "w", 60) == 1                          # the next try is still the first
 
 
@@ -104,6 +104,18 @@ def job_env(data_dir, monkeypatch):
 
     settings.get_settings.cache_clear()
     yield items.store()
+
+
+def _run_executor(store, jid, threads: int = 1):
+    """Start the embedded executor, wait for the job to finish, stop it; the finished job."""
+    from worker.thread_executor import ThreadExecutor
+
+    ex = ThreadExecutor(threads=threads)
+    ex.start()                     # picks the queued items up from the store by itself
+    try:
+        return _wait(store, jid)
+    finally:
+        ex.stop()
 
 
 def _wait(store, jid, timeout=60):
@@ -117,7 +129,6 @@ def _wait(store, jid, timeout=60):
 
 def test_transient_errors_are_retried_with_backoff_and_bad_input_fails_at_once(job_env, monkeypatch):
     from shape_library.images import InputRejected
-    from worker.thread_executor import ThreadExecutor
 
     calls: dict[int, int] = {}
 
@@ -134,12 +145,7 @@ def test_transient_errors_are_retried_with_backoff_and_bad_input_fails_at_once(j
     monkeypatch.setitem(items.HANDLERS, "search", flaky)
     monkeypatch.setattr(items, "backoff", lambda attempt: 0.01)
     jid, _ = job_env.create("search", [NewItem(str(i), str(i)) for i in range(4)])
-    ex = ThreadExecutor(threads=2)
-    ex.start()                     # picks the queued items up from the store by itself
-    try:
-        job = _wait(job_env, jid)
-    finally:
-        ex.stop()
+    job = _run_executor(job_env, jid, threads=2)
     got = {it.idx: it for it in job_env.items(jid)}
     assert job.status == "done"
     assert got[0].status == "done" and got[0].attempts == 3 and calls[0] == 3
@@ -149,8 +155,6 @@ def test_transient_errors_are_retried_with_backoff_and_bad_input_fails_at_once(j
 
 
 def test_an_item_waiting_for_the_index_is_tried_again_without_using_its_attempts(job_env, monkeypatch):
-    from worker.thread_executor import ThreadExecutor
-
     calls = []
 
     def waits(job, item):
@@ -161,20 +165,13 @@ def test_an_item_waiting_for_the_index_is_tried_again_without_using_its_attempts
 
     monkeypatch.setitem(items.HANDLERS, "search", waits)
     jid, _ = job_env.create("search", [NewItem("a", "a")])
-    ex = ThreadExecutor(threads=1)
-    ex.start()
-    try:
-        job = _wait(job_env, jid)
-    finally:
-        ex.stop()
+    job = _run_executor(job_env, jid, threads=1)
     item = job_env.item(jid, 0)
     assert job.status == "done" and item.status == "done" and item.attempts == 1 and len(calls) == 6
 
 
 def test_a_restarted_executor_finishes_what_a_crashed_one_left(job_env, monkeypatch):
     """Items left running or queued by a process that died are all done exactly once after a restart."""
-    from worker.thread_executor import ThreadExecutor
-
     seen = []
     lock = threading.Lock()
 
@@ -188,12 +185,7 @@ def test_a_restarted_executor_finishes_what_a_crashed_one_left(job_env, monkeypa
     t = job_env.claim(jid, 0, "crashed", 600)
     job_env.finish(jid, 0, t, result={"idx": 0})   # finished before the crash
     job_env.claim(jid, 1, "crashed", 600)          # in flight when the process died
-    ex = ThreadExecutor(threads=1)
-    ex.start()
-    try:
-        job = _wait(job_env, jid)
-    finally:
-        ex.stop()
+    job = _run_executor(job_env, jid, threads=1)
     assert job.status == "done" and sorted(seen) == [1, 2, 3, 4, 5]
     assert [json.loads(it.result)["idx"] for it in job_env.items(jid)] == list(range(6))
 

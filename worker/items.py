@@ -142,7 +142,7 @@ def process(job_id: str, idx: int, worker: str | None = None) -> str:
         jobs.finish(job_id, idx, token, error=str(exc))
         return "failed"
     except NotReady as wait:
-        jobs.defer(job_id, idx, token, str(wait))
+        jobs.release(job_id, idx, token, str(wait), counted=False)
         raise
     except Exception as exc:  # transient until proven otherwise: retried with backoff
         reason = f"{type(exc).__name__}: {exc}"

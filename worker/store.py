@@ -201,22 +201,15 @@ class JobStore:
         self._close_if_finished(job_id)
         return True
 
-    def release(self, job_id: str, idx: int, token: int, error: str) -> bool:
-        """Give a claim back after a transient error, so the item is tried again."""
+    def release(self, job_id: str, idx: int, token: int, error: str, *, counted: bool = True) -> bool:
+        """Give a claim back after a transient error, so the item is tried again. `counted=False`: the
+        item waited for something on its way (shapes being indexed), it did not fail, so the claim is
+        not an attempt."""
         with self.session() as s, s.begin():
             res = s.execute(update(Item).where(Item.job_id == job_id, Item.idx == idx, Item.status == "running",
                                                Item.attempts == token)
-                            .values(status="queued", lease_until=None, error=error, enqueued_at=time.time()))
-            return res.rowcount == 1
-
-    def defer(self, job_id: str, idx: int, token: int, reason: str) -> bool:
-        """Give a claim back without counting it as an attempt: the item waited for something that is
-        on its way (shapes being indexed), it did not fail."""
-        with self.session() as s, s.begin():
-            res = s.execute(update(Item).where(Item.job_id == job_id, Item.idx == idx, Item.status == "running",
-                                               Item.attempts == token)
-                            .values(status="queued", attempts=Item.attempts - 1, lease_until=None, error=reason,
-                                    enqueued_at=time.time()))
+                            .values(status="queued", lease_until=None, error=error, enqueued_at=time.time(),
+                                    **({} if counted else {"attempts": Item.attempts - 1})))
             return res.rowcount == 1
 
     def _close_if_finished(self, job_id: str) -> None:
