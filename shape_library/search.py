@@ -175,21 +175,19 @@ class SearchEngine:
         only the indexed shapes, so its answer must say it is partial (and a batch item may wait)."""
         from .catalog import IndexStatus
 
-        wanted = None if shape_ids is None else set(shape_ids)
-        scope = [s for s in self.library.shapes() if (not category or s.category == category)
-                 and (wanted is None or s.id in wanted)]
+        scope = self._scope(category, shape_ids)
         missing = [s for s in scope if not self.views.has(s.id)]
         coming = sum(1 for s in missing if s.index_status in (IndexStatus.pending.value, IndexStatus.indexing.value))
         return Coverage(len(scope) - len(missing), len(scope), coming)
 
+    def _scope(self, category: str | None, shape_ids: list[int] | None) -> list:
+        """The library's shapes a search asked for (category, ids), indexed or not."""
+        wanted = None if shape_ids is None else set(shape_ids)
+        return [s for s in self.library.shapes() if (not category or s.category == category)
+                and (wanted is None or s.id in wanted)]
+
     def _select(self, category: str | None, shape_ids: list[int] | None) -> list:
-        shapes = [s for s in self.library.shapes() if self.views.has(s.id)]
-        if category:
-            shapes = [s for s in shapes if s.category == category]
-        if shape_ids is not None:
-            wanted = set(shape_ids)
-            shapes = [s for s in shapes if s.id in wanted]
-        return shapes
+        return [s for s in self._scope(category, shape_ids) if self.views.has(s.id)]
 
     def _codes(self, shape_ids: tuple[int, ...]) -> tuple[torch.Tensor, np.ndarray]:
         """All candidate codes as one (N, D) float16 matrix, cached per shape set."""
