@@ -88,6 +88,28 @@ def prepare_stretched(data_dir: Path, library: ShapeLibrary, per_shape: int, sca
     return bank
 
 
+def add_stretch_args(p) -> None:
+    """The command-line options of stretched training shapes (train_tags and train_label_backbone)."""
+    p.add_argument("--stretched-sprites", type=int, default=0,
+                   help="sprites per training shape of its mesh stretched per axis (--shape-scale), added to the training scenes")
+    p.add_argument("--shape-scale", type=float, nargs=2, default=(0.75, 1.33), metavar=("LO", "HI"))
+
+
+def stretched_from_args(args, library: ShapeLibrary) -> SpriteBank | None:
+    """The stretched-shape sprites `--stretched-sprites` / `--shape-scale` ask for (None without them)."""
+    if not args.stretched_sprites:
+        return None
+    return prepare_stretched(args.data_dir, library, args.stretched_sprites, tuple(args.shape_scale), args.seed,
+                             progress=not args.quiet)
+
+
+def stretch_flags(args) -> str:
+    """Those options as a model card's command repeats them (empty without them)."""
+    if not args.stretched_sprites:
+        return ""
+    return f" --stretched-sprites {args.stretched_sprites} --shape-scale {args.shape_scale[0]:g} {args.shape_scale[1]:g}"
+
+
 def label_matrix(bank: SpriteBank, rows: list[list[int]], labels: Sequence[str], by: str = "category") -> np.ndarray:
     """Multi-hot (n, K): a scene holds label k when one of its visible sprites has it."""
     index = {lab: i for i, lab in enumerate(labels)}

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from . import checkpoint
-from .label_data import BACKBONE, NONE_IN, VOCAB, prepare, prepare_outliers, prepare_stretched, shape_splits
+from .label_data import BACKBONE, NONE_IN, add_stretch_args, VOCAB, prepare, prepare_outliers, shape_splits, stretch_flags, stretched_from_args
 from .matching import MatchingNet, _stream
 from .tagger import TaggerConfig
 
@@ -76,9 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--widths", default="", help="channel widths of a backbone trained from scratch, e.g. 48,96,128,128,96")
     p.add_argument("--outliers", type=int, default=0, help="as models.train_tags: generic outlier shapes in the tag scenes")
     p.add_argument("--outlier-share", type=float, default=0.15)
-    p.add_argument("--stretched-sprites", type=int, default=0,
-                   help="as models.train_tags: sprites of stretched training shapes in the tag scenes")
-    p.add_argument("--shape-scale", type=float, nargs=2, default=(0.75, 1.33), metavar=("LO", "HI"))
+    add_stretch_args(p)
     return p
 
 
@@ -94,8 +92,7 @@ def run(args) -> dict:
     targs = tag_parser().parse_args(common + ["--scenes", str(args.scenes), "--outliers", str(args.outliers),
                                               "--outlier-share", str(args.outlier_share)])
     outliers = prepare_outliers(args.data_dir, args.outliers, args.seed, progress=not args.quiet) if args.outliers else None
-    stretched = (prepare_stretched(args.data_dir, library, args.stretched_sprites, tuple(args.shape_scale), args.seed,
-                                   progress=not args.quiet) if args.stretched_sprites else None)
+    stretched = stretched_from_args(args, library)
     tags = scene_sets(bank, library, targs, "category", outliers, stretched)[0]["train"]
     ids, labels, _ = class_labels(library, bank)
     hargs = hier_parser().parse_args(common + ["--repeats", str(args.repeats), "--multi-scenes", str(args.multi_scenes)])
@@ -156,8 +153,7 @@ def run(args) -> dict:
             "final_loss": float(np.mean(losses[-100:])), "fine_shapes": int(allowed.sum()),
             "command": (f"python -m models.train_label_backbone --library {args.library} --steps {args.steps} --batch {args.batch} --seed {args.seed}"
                         + (f" --outliers {args.outliers} --outlier-share {args.outlier_share:g}" if args.outliers else "")
-                        + (f" --stretched-sprites {args.stretched_sprites} --shape-scale {args.shape_scale[0]:g} {args.shape_scale[1]:g}"
-                           if args.stretched_sprites else "")
+                        + stretch_flags(args)
                         + (f" --init-from none --widths {','.join(map(str, widths))}" if scratch else "")
                         + ("" if scratch else checkpoint.flag_unless_default("--init-from", args.init_from, INIT_FROM))
                         + checkpoint.flag_unless_default("--out", args.out, BACKBONE))}

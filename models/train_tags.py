@@ -30,8 +30,8 @@ import torch
 from . import checkpoint, registry
 from . import tagger  # noqa: F401  (registers the model)
 from .calibration import auroc, bootstrap_ece, ece, reliability_bins, reliability_diagram, top_k_f1, top_k_pairs
-from .label_data import (ALL_CATEGORIES, BACKBONE, NONE_IN, VOCAB, FrozenBackbone, backbone_card_line, backbone_command, backbone_rerun_note, cached,
-                         composer, features_cached, label_matrix, logits_of, prepare, prepare_outliers, prepare_stretched, shape_splits,
+from .label_data import (ALL_CATEGORIES, BACKBONE, add_stretch_args, NONE_IN, VOCAB, FrozenBackbone, backbone_card_line, backbone_command, backbone_rerun_note, cached,
+                         composer, features_cached, label_matrix, logits_of, prepare, prepare_outliers, shape_splits, stretch_flags, stretched_from_args,
                          slot_split, train_on_features)
 from shape_library.tag_scenes import scene_set
 
@@ -266,9 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outliers", type=int, default=0,
                    help="generic outlier shapes (shape_library.outliers) added unlabelled to training scenes")
     p.add_argument("--outlier-share", type=float, default=0.15, help="share of training objects that are outliers")
-    p.add_argument("--stretched-sprites", type=int, default=0,
-                   help="sprites per training shape of its mesh stretched per axis (--shape-scale), added to the training scenes")
-    p.add_argument("--shape-scale", type=float, nargs=2, default=(0.75, 1.33), metavar=("LO", "HI"))
+    add_stretch_args(p)
     p.add_argument("--heads", default=",".join(KINDS))
     p.add_argument("--settings", default="category,shape", help="label settings: category, shape (fine-grained)")
     p.add_argument("--threads", type=int, default=0)
@@ -360,8 +358,7 @@ def run(args) -> dict:
         check_shipped_backbone(args.out, backbone.provenance(), args.replace_backbone)
     outliers = (prepare_outliers(args.data_dir, args.outliers, args.seed, progress=not args.quiet)
                 if args.outliers else None)
-    stretched = (prepare_stretched(args.data_dir, library, args.stretched_sprites, tuple(args.shape_scale), args.seed,
-                                   progress=not args.quiet) if args.stretched_sprites else None)
+    stretched = stretched_from_args(args, library)
     results, models, minutes, _ = compare("category", bank, library, backbone, args, outliers, stretched)
     fine, fine_names = {}, []
     if "shape" in args.settings.split(","):
@@ -375,8 +372,7 @@ def run(args) -> dict:
             "backbone": backbone.provenance(),
             "stretched_sprites": args.stretched_sprites, "shape_scale": list(args.shape_scale) if args.stretched_sprites else None,
             "command": f"python -m models.train_tags --library {args.library} --scenes {args.scenes} --steps {args.steps} --seed {args.seed}"
-                       + (f" --stretched-sprites {args.stretched_sprites} --shape-scale {args.shape_scale[0]:g} {args.shape_scale[1]:g}"
-                          if args.stretched_sprites else "")
+                       + stretch_flags(args)
                        + checkpoint.flag_unless_default("--backbone", args.backbone, BACKBONE)}
     if not args.no_reports and "quasibinary" in models:
         checkpoint.save(models["quasibinary"], "tagger-cpu", args.out,
