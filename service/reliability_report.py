@@ -65,7 +65,9 @@ def machine() -> dict:
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     except Exception:
         gpu = "unknown"
-    return {"cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    from shape_library.settings import usable_cores
+
+    return {"cores": usable_cores(),
             "cpu": cpu, "memory_gib": round(mem, 1) if mem else None, "gpu": gpu,
             "python": platform.python_version(), "os": platform.platform(terse=True)}
 

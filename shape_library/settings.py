@@ -15,6 +15,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, where the OS has one)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHAPESEARCH_", env_file=".env", extra="ignore", env_parse_none_str="none")
 
@@ -154,9 +161,7 @@ class Settings(BaseSettings):
     def index_worker_count(self) -> int:
         """Render processes for a build of several shapes: a fresh install is searchable sooner (one process
         renders about 190 views/s on 2 cores, two 340: docs/benchmarks.md)."""
-        import os
-
-        return self.index_workers or max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+        return self.index_workers or max(1, min(8, usable_cores()))
 
     def torch_device(self) -> str:
         if self.device != "auto":
